@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# ansible-test sanity, offline: ansible-test wants the collection under
+# ansible_collections/<ns>/<name> and downloads a pip bootstrap for --venv; we copy the
+# collection's own files (what `ansible-galaxy collection build` ships) to a temp tree
+# and give it a local stand-in bootstrap that uses ensurepip (see ../shared/TESTING.md).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="$HOME/.ansible/test/cache"
+mkdir -p "$cache"
+cat > "$cache/get_pip_24_2.py" <<'PY'
+import subprocess, sys
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade"])
+if args:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+PY
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+dest="$work/ansible_collections/prng/cluster"
+mkdir -p "$dest"
+rsync -a --exclude .git --exclude .venv --exclude collections --exclude workers \
+  --exclude bench --exclude molecule --exclude demo --exclude docs --exclude runs \
+  --exclude '/tests/*' --include '/tests/sanity/***' --include '/tests/' \
+  --exclude __pycache__ --exclude '*.egg-info' "$root/" "$dest/"
+cd "$dest"
+git init -q . && git add -A >/dev/null 2>&1
+ansible-test sanity --venv --python 3.11 "$@"
