@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Step 3 scoring benchmark: batched NumPy vs torch vs the per-seed reference, side by side.
+
+One run, same inputs: a random train history of --train draws (default 14,450, the real
+size), holdout --holdout draws, a survivors NPZ of --chunk seeds (java_lcg, best_skip
+0..3). The NumPy and torch figures are end-to-end `prng-score` runs in a child process
+(load, draws, features, atomic write; torch import included), and that child's peak RSS
+comes from the kernel (`os.wait4`). The per-seed reference (plain Python, one seed at a
+time) runs in this process on --ref-seeds seeds only and is extrapolated per seed; the
+output says so. Figures go into docs/benchmarks.md (## Step 3 scoring).
+
+    .venv/bin/python bench/bench_scoring.py [--chunk 1000] [--train 14450] [--ref-seeds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prng_workers.families import get_family
+from prng_workers.formats import write_survivors
+from prng_workers.scoring.memory_model import measure_once, worker_argv
+from prng_workers.scoring.reference import reference_score_seed
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunk", type=int, default=1000)
+    ap.add_argument("--train", type=int, default=14450)
+    ap.add_argument("--holdout", type=int, default=3612)
+    ap.add_argument("--family", default="java_lcg")
+    ap.add_argument("--ref-seeds", type=int, default=5)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
+    ap.add_argument("--repeats", type=int, default=1, help="worker runs per backend (best is reported)")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(2026)
+    load = os.getloadavg()
+    results: dict[str, object] = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cores", "loadavg_before": [round(v, 2) for v in load],
+        "chunk": args.chunk, "n_train": args.train, "n_holdout": args.holdout, "family": args.family,
+        "command": "python bench/bench_scoring.py " + " ".join(sys.argv[1:]),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
+        d = Path(tmp)
+        train = rng.integers(0, 1000, args.train)
+        holdout = rng.integers(0, 1000, args.holdout)
+        (d / "train.json").write_text(json.dumps(train.tolist()))
+        (d / "holdout.json").write_text(json.dumps(holdout.tolist()))
+        seeds = np.sort(rng.choice(2**40, args.chunk, replace=False)).astype(np.uint64)
+        skips = rng.integers(0, 4, args.chunk)
+        write_survivors(d / "surv.npz", {"seeds": seeds, "best_skip": skips}, params={"family": args.family})
+
+        backends = ["numpy"] + ([] if args.no_torch else ["torch"])
+        for backend in backends:
+            best = None
+            for _ in range(args.repeats):
+                argv = worker_argv(d / "surv.npz", d / "train.json", d / "holdout.json", args.chunk,
+                                   args.family, backend, args.device if backend == "torch" else None,
+                                   d / "out.json")
+                r = measure_once(argv)
+                if best is None or r["summary"]["seeds_per_s"] > best["summary"]["seeds_per_s"]:
+                    best = r
+            assert best is not None
+            results[backend] = {"seeds_per_s": best["summary"]["seeds_per_s"],
+                                "seconds": best["summary"]["seconds"],
+                                "peak_rss_mb": best["peak_rss_mb"], "device": best["summary"]["device"],
+                                "batch_seeds": best["summary"]["batch_seeds"]}
+
+        fam = get_family(args.family)
+        t0 = time.perf_counter()
+        for i in range(args.ref_seeds):
+            reference_score_seed(fam, int(seeds[i]), int(skips[i]), train.tolist(), holdout.tolist(), 1000)
+        per_seed = (time.perf_counter() - t0) / args.ref_seeds
+        results["reference"] = {"seeds_per_s": round(1.0 / per_seed, 3),
+                                "seconds_per_seed": round(per_seed, 4), "measured_seeds": args.ref_seeds,
+                                "extrapolated_chunk_seconds": round(per_seed * args.chunk, 1)}
+    np_rate = results["numpy"]["seeds_per_s"]  # type: ignore[index]
+    results["numpy_vs_reference"] = round(np_rate / results["reference"]["seeds_per_s"], 1)  # type: ignore[index]
+    results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    results["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(json.dumps(results, indent=1))
+    print()
+    print("| path | seeds/s | peak RSS (MB) | note |\n|---|---|---|---|")
+    ref = results["reference"]  # type: ignore[assignment]
+    for backend in ("numpy", "torch"):
+        if backend in results:
+            r = results[backend]  # type: ignore[assignment]
+            print(f"| batched {backend} ({r['device']}) | {r['seeds_per_s']:.1f} | {r['peak_rss_mb']:.1f} | "
+                  f"end-to-end worker, chunk {args.chunk}, sub-batch {r['batch_seeds']} |")
+    print(f"| per-seed reference | {ref['seeds_per_s']:.2f} | - | measured on {ref['measured_seeds']} seeds, "
+          f"extrapolated: {ref['extrapolated_chunk_seconds']} s per chunk |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

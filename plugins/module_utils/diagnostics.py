@@ -1,0 +1,205 @@
+# -*- coding: utf-8 -*-
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+"""The diagnostic battery of seed 002 §8.6 as findings with a severity and an action.
+
+Inputs are the results of memory_facts, gpu_facts, kernel_log, the ramdisk status and
+the HIP cache size; each check yields one or more findings
+{check, severity (ok|info|warning|critical), message, action}.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any, Dict, List, Optional
+
+SEVERITIES = ("ok", "info", "warning", "critical")
+MIB = 1024 * 1024
+
+
+def finding(check: str, severity: str, message: str, action: str = "") -> Dict[str, str]:
+    return {"check": check, "severity": severity, "message": message, "action": action}
+
+
+def worst(findings: List[Dict[str, str]]) -> str:
+    return max((f["severity"] for f in findings), key=SEVERITIES.index, default="ok")
+
+
+def memory_findings(mem: Dict[str, Any], min_available_mb: float) -> List[Dict[str, str]]:
+    out = []
+    avail, limit = mem["available_mb"], mem["limit_mb"]
+    where = "%s limit" % mem["limit_source"].replace("_", " ")
+    if mem["limit_source"] != "meminfo":
+        out.append(finding("memory_limit", "info",
+                           "cgroup limit %d MiB is below the host's %d MiB (free -h shows the host, i26)"
+                           % (limit, mem["host_total_mb"]),
+                           "Plan workers against %d MiB, not the host's RAM" % limit))
+    if avail < min_available_mb:
+        out.append(finding("memory", "warning",
+                           "%d MiB available of %d MiB (%s), below %d MiB: OOM risk"
+                           % (avail, limit, where, min_available_mb),
+                           "Reduce chunk_size or concurrent workers"))
+    else:
+        out.append(finding("memory", "ok", "%d MiB available of %d MiB (%s)" % (avail, limit, where)))
+    return out
+
+
+def shm_findings(shm: Dict[str, Any], warn_pct: float, crit_pct: float) -> List[Dict[str, str]]:
+    if not shm.get("present"):
+        return [finding("shm", "critical", "%s missing: %s" % (shm.get("path"), shm.get("error", "")),
+                        "Mount a tmpfs at /dev/shm")]
+    text = "%s %d/%d MiB used (%.1f%%)" % (shm["path"], shm["used_mb"], shm["size_mb"], shm["used_pct"])
+    if shm["used_pct"] >= crit_pct:
+        return [finding("shm", "critical", text + ", above %g%%: preload refused" % crit_pct,
+                        "Clear old steps: ansible-playbook playbooks/ramdisk_clear.yml")]
+    if shm["used_pct"] >= warn_pct:
+        return [finding("shm", "warning", text + ", above %g%%" % warn_pct,
+                        "Clear steps no longer needed: ansible-playbook playbooks/ramdisk_clear.yml")]
+    return [finding("shm", "ok", text)]
+
+
+def _gpu_action(problems: List[str]) -> str:
+    text = " ".join(problems)
+    if "unknown" in text:
+        return "Reboot node or reseat GPU (SMU communication failure)"
+    if "N/A" in text:
+        return "Reboot node (GPU not responding)"
+    if "cannot" in text or "not answering" in text:
+        return "Reset the GPU or reboot the node; check power and riser"
+    return "Check the GPU"
+
+
+def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: Optional[str] = None) -> List[Dict[str, str]]:
+    out = []
+    if gpu["count"] < expected:
+        out.append(finding("gpu_count", "critical", "%d of %d expected GPUs found" % (gpu["count"], expected),
+                           "Check risers, power and seating of the missing GPUs; reboot"))
+    for g in gpu["gpus"]:
+        hard = [p for p in g["problems"] if "compute mode" not in p and "sysfs only" not in p]
+        mode = [p for p in g["problems"] if "compute mode" in p]
+        if hard and not g["healthy"]:
+            out.append(finding("gpu_health", "critical", "GPU %s (%s): %s" % (g["index"], g.get("pci_bus"), "; ".join(hard)),
+                               _gpu_action(hard)))
+        if mode:
+            out.append(finding("gpu_compute_mode", "warning", "GPU %s: %s" % (g["index"], mode[0]),
+                               "Set DEFAULT: ansible-playbook playbooks/setup.yml -e gpu_env_set_compute_mode=true"))
+    for err in gpu.get("errors", []):
+        out.append(finding("gpu_tool", "warning", err, "Check the GPU driver / ROCm or CUDA installation"))
+    if gpu["tool"] == "sysfs":
+        out.append(finding("gpu_tool", "warning", "%d GPUs seen in sysfs only: no vendor tool answered" % gpu["count"],
+                           "Install amd-smi/rocm-smi or nvidia-smi to read GPU health"))
+    gfx = gpu.get("gfxoff") or {}
+    if (gpu["vendor"] == "amd" or vendor_hint == "rocm") and gfx.get("gfxoff_disabled") is False:
+        out.append(finding("gfxoff", "warning", "GFXOFF enabled (ppfeaturemask %s)" % gfx.get("ppfeaturemask"),
+                           "ansible-playbook playbooks/setup.yml -e gpu_env_set_boot_params=true, then reboot"))
+    if not any(f["severity"] in ("warning", "critical") and f["check"].startswith("gpu") for f in out):
+        if gpu["count"]:
+            out.append(finding("gpu_health", "ok", "%d GPUs healthy (%s, %s, via %s)"
+                               % (gpu["count"], gpu["model"], gpu["arch"], gpu["tool"])))
+        else:
+            out.append(finding("gpu_health", "ok", "no GPU (CPU host)"))
+    return out
+
+
+def kernel_findings(klog: Dict[str, Any]) -> List[Dict[str, str]]:
+    if not klog.get("readable"):
+        return [finding("kernel_log", "info", "kernel log unreadable: %s" % "; ".join(klog.get("errors") or ["no source"]),
+                        "Run the diagnostics with become (-b) to read dmesg")]
+    out = []
+    if klog["oom_kill_count"]:
+        last = klog["oom_kills"][-1]
+        out.append(finding("oom_kills", "critical", "%d processes killed by the OOM killer (last: %s pid %s)"
+                           % (klog["oom_kill_count"], last["process"], last["pid"]),
+                           "Reduce chunk_size or concurrent workers"))
+    if klog["amdgpu_error_count"]:
+        out.append(finding("amdgpu_errors", "critical", "%d amdgpu/KFD errors (last: %s)"
+                           % (klog["amdgpu_error_count"], klog["amdgpu_errors"][-1]),
+                           "Driver or HIP failure: reboot the node; check GFXOFF is disabled"))
+    if klog["nvidia_xid_count"]:
+        out.append(finding("nvidia_xid", "critical", "%d NVIDIA Xid errors (last: %s)"
+                           % (klog["nvidia_xid_count"], klog["nvidia_xid"][-1]["line"]),
+                           "Check the GPU's power and seating; reboot the node"))
+    if not out:
+        out.append(finding("kernel_log", "ok", "no OOM kills or GPU driver errors since boot (%s)" % klog["source"]))
+    return out
+
+
+def hip_cache_usage(root: str, patterns: List[str]) -> Dict[str, Any]:
+    """Bytes held by the HIP kernel cache entries directly under root (no symlinks followed)."""
+    root = os.path.expanduser(root)
+    entries = []
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        names = []
+    for name in names:
+        if not any(fnmatch.fnmatch(name, p) for p in patterns):
+            continue
+        path = os.path.join(root, name)
+        total = 0
+        if os.path.isdir(path) and not os.path.islink(path):
+            for dirpath, _dirs, files in os.walk(path):
+                for f in files:
+                    try:
+                        total += os.lstat(os.path.join(dirpath, f)).st_size
+                    except OSError:
+                        pass
+        else:
+            try:
+                total = os.lstat(path).st_size
+            except OSError:
+                pass
+        entries.append({"name": name, "path": path, "bytes": total})
+    total = sum(e["bytes"] for e in entries)
+    return {"root": root, "entries": entries, "total_bytes": total, "total_mb": total // MIB}
+
+
+def hip_cache_findings(cache: Dict[str, Any], warn_mb: float) -> List[Dict[str, str]]:
+    text = "HIP kernel caches in %s: %d MiB in %d entries" % (cache["root"], cache["total_mb"], len(cache["entries"]))
+    if cache["total_mb"] > warn_mb:
+        return [finding("hip_cache", "warning", text + " (> %g MiB: memory pressure)" % warn_mb,
+                        "ansible-playbook playbooks/setup.yml -e gpu_env_clear_hip_cache=true")]
+    return [finding("hip_cache", "ok", text)]
+
+
+def ramdisk_status(root: str) -> Dict[str, Any]:
+    """Steps under the ramdisk root; through the ramdisk module's code when it is there."""
+    try:
+        from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
+        res = rd.status(root)
+        return {"root": res["root"], "steps": [{"step": s["step"], "state": s["state"], "bytes": s["bytes"],
+                                                 "files": len(s["files"]), "problems": s["problems"]}
+                                                for s in res["steps"]], "via": "ramdisk"}
+    except Exception as exc:  # noqa: BLE001 - the fallback below reads the folder itself
+        fallback_reason = str(exc)
+    steps = []
+    real = os.path.realpath(root)
+    if os.path.isdir(real):
+        for name in sorted(os.listdir(real)):
+            path = os.path.join(real, name)
+            if name.startswith(".") or not os.path.isdir(path):
+                continue
+            loaded = os.path.exists(os.path.join(path, ".manifest.json"))
+            steps.append({"step": name, "state": "valid" if loaded else "incomplete", "bytes": None,
+                          "files": len([n for n in os.listdir(path) if not n.startswith(".")]),
+                          "problems": [] if loaded else ["no manifest (sentinel)"]})
+    return {"root": real, "steps": steps, "via": "listing (%s)" % fallback_reason}
+
+
+def ramdisk_findings(status: Dict[str, Any], expected_steps: List[str]) -> List[Dict[str, str]]:
+    out = []
+    by_step = {s["step"]: s for s in status["steps"]}
+    for step in expected_steps:
+        s = by_step.get(step)
+        if s is None or s["state"] == "absent":
+            out.append(finding("ramdisk", "warning", "%s not loaded under %s" % (step, status["root"]),
+                               "ansible-playbook playbooks/ramdisk_preload.yml (files not preloaded)"))
+    for s in status["steps"]:
+        if s["state"] not in ("valid", "absent"):
+            out.append(finding("ramdisk", "warning", "%s is %s: %s" % (s["step"], s["state"], "; ".join(s["problems"])),
+                               "ansible-playbook playbooks/ramdisk_preload.yml (reloads what is missing)"))
+    if not out:
+        loaded = ", ".join(s["step"] for s in status["steps"]) or "no steps loaded"
+        out.append(finding("ramdisk", "ok", "%s: %s" % (status["root"], loaded)))
+    return out

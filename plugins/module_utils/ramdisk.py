@@ -1,0 +1,675 @@
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+"""Host-side ramdisk logic shared by the ramdisk module and its action plugin.
+
+Layout: ``<root>/<step>/<file>`` plus two dotfiles per step directory:
+``.manifest.json`` is the sentinel (names, sizes, SHA-256 of every file), written last and
+only after every file verified (i12); ``.manifest.prev.json`` keeps the previous
+manifest's records while an update is in progress, so unchanged files need not be
+re-hashed, but it never marks the step ready. Files arrive as ``.incoming-<name>.<id>``
+next to their final name and are renamed into place once their hash matches.
+
+Runs on the managed hosts: plain Python 3.8+, standard library only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import uuid
+
+MANIFEST = ".manifest.json"
+PREV_MANIFEST = ".manifest.prev.json"
+INCOMING = ".incoming-"
+MANIFEST_VERSION = 1
+HASH_CHUNK = 4 * 1024 * 1024
+# A clear of "everything under root" must never be able to wipe one of these.
+PROTECTED = frozenset(
+    [
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/dev/shm",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/run/shm",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+    ]
+)
+STATE_ORDER = ("absent", "incomplete", "damaged", "stale", "valid")
+
+
+class RamdiskError(Exception):
+    """Bad input or an unsafe request; the message is one line for the operator."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def resolve_root(root):
+    # type: (str | None) -> str
+    """The configured root, symlinks resolved; refuses empty, relative and system paths."""
+    if root is None or not str(root).strip():
+        raise RamdiskError("refusing: the ramdisk root is empty")
+    root = str(root)
+    if not os.path.isabs(root):
+        raise RamdiskError(f"refusing: the ramdisk root must be an absolute path, got {root!r}")
+    real = os.path.realpath(root)
+    home = os.path.realpath(os.path.expanduser("~"))
+    if real in PROTECTED or real == home or real.count("/") < 2:
+        raise RamdiskError(
+            f"refusing: ramdisk root {root!r} resolves to {real}, a system directory; "
+            "use a folder of its own such as /dev/shm/prng"
+        )
+    return real
+
+
+def check_name(name, what):
+    # type: (str, str) -> str
+    """A step or file name: one plain path component, not hidden, not ours."""
+    if not isinstance(name, str) or not name.strip():
+        raise RamdiskError(f"refusing: the {what} name is empty")
+    if "/" in name or "\0" in name or name in (".", "..") or name.startswith("."):
+        raise RamdiskError(
+            f"refusing: {what} name {name!r} must be a plain name (no '/', not starting with '.')"
+        )
+    return name
+
+
+def within(path, root):
+    # type: (str, str) -> bool
+    """True when ``path`` is strictly inside ``root`` (both already resolved)."""
+    return path != root and os.path.commonpath([path, root]) == root
+
+
+def step_dir(root_real, step):
+    # type: (str, str) -> str
+    """``<root>/<step>``, refusing a step whose path resolves outside the root (symlinks)."""
+    check_name(step, "step")
+    path = os.path.join(root_real, step)
+    real = os.path.realpath(path)
+    if not within(real, root_real):
+        raise RamdiskError(
+            f"refusing: step path {path} resolves to {real}, outside the ramdisk root {root_real}"
+        )
+    if os.path.islink(path):
+        raise RamdiskError(f"refusing: step path {path} is a symlink (to {real})")
+    return path
+
+
+def hash_file(path):
+    # type: (str) -> str
+    digest = hashlib.sha256()
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                break
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _unescape_mount(text):
+    # type: (str) -> str
+    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def shm_info(path):
+    # type: (str) -> dict
+    """Size and use of the real filesystem that holds ``path`` (nearest existing folder)."""
+    probe = os.path.realpath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe)
+    size = st.f_blocks * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    mount, fstype = "/", "unknown"
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                point = _unescape_mount(left.split()[4])
+                if (probe == point or probe.startswith(point.rstrip("/") + "/")) and len(point) >= len(mount):
+                    mount, fstype = point, right.split()[0]
+    except OSError:
+        pass
+    return {
+        "mount": mount,
+        "fstype": fstype,
+        "size_bytes": size,
+        "used_bytes": used,
+        "avail_bytes": st.f_bavail * st.f_frsize,
+        "used_percent": round(100.0 * used / size, 1) if size else 0.0,
+    }
+
+
+def tree_bytes(path):
+    # type: (str) -> int
+    """Bytes held by a file or folder (symlinks count as nothing, never followed)."""
+    if os.path.islink(path):
+        return 0
+    if not os.path.isdir(path):
+        try:
+            return os.lstat(path).st_size
+        except OSError:
+            return 0
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def remove_entry(path, root_real):
+    # type: (str, str) -> int
+    """Remove one entry directly under the root: a link as a link, a folder with all its
+    contents (dotfiles included). Returns the bytes freed."""
+    if not within(os.path.abspath(path), root_real):
+        raise RamdiskError(f"refusing to remove {path}: outside the ramdisk root {root_real}")
+    freed = tree_bytes(path)
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path)
+    return freed
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def read_manifest(sdir, name=MANIFEST):
+    # type: (str, str) -> dict | None
+    try:
+        with open(os.path.join(sdir, name)) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != MANIFEST_VERSION
+        or not isinstance(data.get("files"), list)
+    ):
+        return None
+    return data
+
+
+def manifest_records(data):
+    # type: (dict | None) -> dict
+    out = {}
+    for rec in (data or {}).get("files", []):
+        if isinstance(rec, dict) and "name" in rec:
+            out[rec["name"]] = rec
+    return out
+
+
+def write_manifest(sdir, step, records):
+    # type: (str, str, list) -> dict
+    """Write the sentinel atomically (temp file, fsync, rename, fsync folder)."""
+    data = {
+        "version": MANIFEST_VERSION,
+        "step": step,
+        "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "total_bytes": sum(r["size"] for r in records),
+        "files": sorted(records, key=lambda r: r["name"]),
+    }
+    tmp = os.path.join(sdir, f".manifest.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, os.path.join(sdir, MANIFEST))
+    dfd = os.open(sdir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return data
+
+
+def manifest_lines(data):
+    # type: (dict | None) -> str
+    """Manifest as text for diff mode."""
+    if not data:
+        return "(no manifest: step not ready)\n"
+    return "".join(f"{r['sha256']}  {r['size']}  {r['name']}\n" for r in data.get("files", []))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_expected(expected):
+    # type: (list | None) -> list
+    """Validate the controller's file list: [{name, size, sha256}], unique names."""
+    out = []
+    seen = set()
+    for item in expected or []:
+        if not isinstance(item, dict):
+            raise RamdiskError("each manifest entry must be a mapping with name, size, sha256")
+        name = check_name(item.get("name"), "file")
+        if name in seen:
+            raise RamdiskError(f"two source files share the name {name!r}; names in a step must be unique")
+        seen.add(name)
+        try:
+            size = int(item["size"])
+            sha = str(item["sha256"]).lower()
+        except (KeyError, TypeError, ValueError):
+            raise RamdiskError(f"manifest entry for {name!r} needs an integer size and a sha256") from None
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise RamdiskError(f"manifest entry for {name!r} has an invalid sha256 {sha!r}")
+        out.append({"name": name, "size": size, "sha256": sha})
+    return out
+
+
+def file_matches(path, size, sha, record, verify):
+    # type: (str, int, str, dict | None, str) -> dict | None
+    """The file's record {name,size,sha256,mtime_ns} when ``path`` holds exactly that
+    content, else None. With verify=quick a manifest record with the same hash, size and
+    mtime is trusted instead of re-reading the file."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not os.path.isfile(path) or os.path.islink(path) or st.st_size != size:
+        return None
+    rec = {"name": os.path.basename(path), "size": size, "sha256": sha, "mtime_ns": st.st_mtime_ns}
+    if (
+        verify == "quick"
+        and record
+        and record.get("sha256") == sha
+        and record.get("size") == size
+        and record.get("mtime_ns") == st.st_mtime_ns
+    ):
+        return rec
+    return rec if hash_file(path) == sha else None
+
+
+def _entries(sdir):
+    # type: (str) -> tuple
+    """(data files, incoming leftovers, other internal dotfiles) in a step folder."""
+    data, incoming, internal = [], [], []
+    try:
+        names = sorted(os.listdir(sdir))
+    except OSError:
+        return data, incoming, internal
+    for name in names:
+        if name.startswith(INCOMING):
+            incoming.append(name)
+        elif name.startswith("."):
+            internal.append(name)
+        else:
+            data.append(name)
+    return data, incoming, internal
+
+
+# --------------------------------------------------------------------------- preload
+
+
+def plan_preload(root, step, expected, exclusive=False, warn_percent=50.0, max_percent=80.0, verify="quick"):
+    # type: (str, str, list, bool, float, float, str) -> dict
+    """Read-only: what a preload must do, and whether the ramdisk has room for it."""
+    root_real = resolve_root(root)
+    sdir = step_dir(root_real, step)
+    expected = check_expected(expected)
+    if not 0 < warn_percent <= max_percent <= 100:
+        raise RamdiskError(
+            "thresholds must satisfy 0 < warn_percent <= max_percent <= 100 "
+            f"(got {warn_percent}, {max_percent})"
+        )
+    current = read_manifest(sdir)
+    records = manifest_records(current or read_manifest(sdir, PREV_MANIFEST))
+    data, incoming, _internal = _entries(sdir)
+    names = set(e["name"] for e in expected)
+    needed, known = [], []
+    for exp in expected:
+        rec = file_matches(
+            os.path.join(sdir, exp["name"]), exp["size"], exp["sha256"], records.get(exp["name"]), verify
+        )
+        if rec is None:
+            needed.append(exp["name"])
+        else:
+            known.append(rec)
+    extraneous = [n for n in data if n not in names]
+    purge = []
+    if exclusive and os.path.isdir(root_real):
+        purge = sorted(n for n in os.listdir(root_real) if n != step)
+    exp_by_name = dict((e["name"], e) for e in expected)
+    same_manifest = current is not None and sorted(
+        (r.get("name"), r.get("size"), r.get("sha256")) for r in current.get("files", [])
+    ) == sorted((e["name"], e["size"], e["sha256"]) for e in expected)
+    complete = same_manifest and not needed and not extraneous and not incoming and not purge
+
+    # Space: purged steps, leftovers and replaced/extra files are freed; needed files are
+    # staged next to the old ones, so the peak is old + new.
+    shm = shm_info(root_real)
+    freed_before = sum(tree_bytes(os.path.join(root_real, n)) for n in purge)
+    freed_before += sum(tree_bytes(os.path.join(sdir, n)) for n in incoming)
+    incoming_bytes = sum(exp_by_name[n]["size"] for n in needed)
+    replaced = sum(tree_bytes(os.path.join(sdir, n)) for n in needed + extraneous)
+    avail_for_copy = shm["avail_bytes"] + freed_before
+    projected = shm["used_bytes"] - freed_before - replaced + incoming_bytes
+    size = shm["size_bytes"] or 1
+    plan = {
+        "root": root_real,
+        "path": sdir,
+        "step": step,
+        "expected": expected,
+        "needed": needed,
+        "known": known,
+        "extraneous": extraneous,
+        "incoming": incoming,
+        "purge": purge,
+        "complete": complete,
+        "manifest_before": current,
+        "copy_bytes": incoming_bytes,
+        "projected_used_percent": round(100.0 * projected / size, 1),
+        "shm": shm,
+        "warnings": [],
+    }
+    if shm["fstype"] not in ("tmpfs", "ramfs", "unknown"):
+        plan["warnings"].append(
+            "ramdisk root {} is on {} ({}), not a tmpfs".format(root_real, shm["mount"], shm["fstype"])
+        )
+    if needed:
+        if incoming_bytes > avail_for_copy:
+            raise RamdiskError(
+                "refusing: step {} needs {} more on {} but only {} is free (size {}, {:.1f}% used); "
+                "free the ramdisk or give the host more /dev/shm".format(
+                    step,
+                    mib(incoming_bytes),
+                    shm["mount"],
+                    mib(avail_for_copy),
+                    mib(shm["size_bytes"]),
+                    shm["used_percent"],
+                )
+            )
+        if plan["projected_used_percent"] > max_percent:
+            raise RamdiskError(
+                "refusing: after loading step {}, {} would be {:.1f}% used (limit ramdisk_max_percent={}%; "
+                "now {:.1f}% of {})".format(
+                    step,
+                    shm["mount"],
+                    plan["projected_used_percent"],
+                    max_percent,
+                    shm["used_percent"],
+                    mib(shm["size_bytes"]),
+                )
+            )
+    pct = plan["projected_used_percent"] if needed else shm["used_percent"]
+    if pct > warn_percent:
+        plan["warnings"].append(
+            "{} is {:.1f}% used{} (warn above {}%)".format(
+                shm["mount"], pct, " after this preload" if needed else "", warn_percent
+            )
+        )
+    return plan
+
+
+def prepare_preload(plan):
+    # type: (dict) -> list
+    """Make room and drop the sentinel before anything is copied. Returns what it removed."""
+    removed = []
+    root_real, sdir = plan["root"], plan["path"]
+    for name in plan["purge"]:
+        path = os.path.join(root_real, name)
+        remove_entry(path, root_real)
+        removed.append(path)
+    for name in plan["incoming"]:
+        path = os.path.join(sdir, name)
+        os.unlink(path)
+        removed.append(path)
+    if not os.path.isdir(sdir):
+        os.makedirs(sdir, 0o755)
+    manifest = os.path.join(sdir, MANIFEST)
+    if os.path.exists(manifest):
+        # From here until commit the step is not ready (i12); the old records stay
+        # readable for the quick check only.
+        os.rename(manifest, os.path.join(sdir, PREV_MANIFEST))
+    return removed
+
+
+def staged_path(sdir, name):
+    # type: (str, str) -> str
+    return os.path.join(sdir, f"{INCOMING}{name}.{uuid.uuid4().hex[:12]}")
+
+
+def commit_preload(root, step, expected, staged, verify="quick"):
+    # type: (str, str, list, dict, str) -> dict
+    """Verify every staged copy by size and hash, move it into place, check the files
+    that were already there, drop extra files and write the manifest last."""
+    root_real = resolve_root(root)
+    sdir = step_dir(root_real, step)
+    expected = check_expected(expected)
+    by_name = dict((e["name"], e) for e in expected)
+    staged = dict(staged or {})
+    digests = {}
+    try:
+        for name, path in sorted(staged.items()):
+            if name not in by_name:
+                raise RamdiskError(f"staged file {name!r} is not part of step {step}")
+            real = os.path.realpath(path)
+            if os.path.dirname(real) != os.path.realpath(sdir) or not os.path.basename(real).startswith(
+                INCOMING
+            ):
+                raise RamdiskError(f"staged copy {path} is not an incoming file of {sdir}")
+            exp = by_name[name]
+            try:
+                got = os.lstat(real).st_size
+            except OSError:
+                raise RamdiskError(
+                    f"copy of {name} never arrived on the host ({path} missing); step not ready"
+                ) from None
+            if got != exp["size"]:
+                raise RamdiskError(
+                    f"copy of {name} is incomplete: {got} of {exp['size']} bytes; step {step} not ready"
+                )
+            digest = hash_file(real)
+            if digest != exp["sha256"]:
+                raise RamdiskError(
+                    "copy of {} is corrupt: sha256 {}, expected {}; step {} not ready".format(
+                        name, digest, exp["sha256"], step
+                    )
+                )
+            digests[name] = digest
+    except Exception:
+        abort_preload(root, step)
+        raise
+    copied = []
+    for name, path in sorted(staged.items()):
+        dest = os.path.join(sdir, name)
+        os.chmod(path, 0o644)
+        os.rename(path, dest)
+        copied.append(name)
+    records = manifest_records(read_manifest(sdir, PREV_MANIFEST) or read_manifest(sdir))
+    final = []
+    for exp in expected:
+        dest = os.path.join(sdir, exp["name"])
+        if exp["name"] in digests:  # verified above; the rename kept the same inode
+            st = os.lstat(dest)
+            final.append(
+                {
+                    "name": exp["name"],
+                    "size": st.st_size,
+                    "sha256": digests[exp["name"]],
+                    "mtime_ns": st.st_mtime_ns,
+                }
+            )
+            continue
+        rec = file_matches(dest, exp["size"], exp["sha256"], records.get(exp["name"]), verify)
+        if rec is None:
+            raise RamdiskError(
+                f"{exp['name']} in {sdir} does not match its source (missing or changed during the "
+                f"preload); step {step} not ready"
+            )
+        final.append(rec)
+    data, incoming, internal = _entries(sdir)
+    removed = []
+    for name in [n for n in data if n not in by_name] + incoming:
+        path = os.path.join(sdir, name)
+        remove_entry(path, root_real)
+        removed.append(name)
+    manifest = write_manifest(sdir, step, final)
+    for name in internal:
+        if name != MANIFEST and (name == PREV_MANIFEST or name.startswith(".manifest.tmp-")):
+            os.unlink(os.path.join(sdir, name))
+    return {"copied": copied, "removed": removed, "manifest": manifest, "path": sdir}
+
+
+def abort_preload(root, step):
+    # type: (str, str) -> list
+    """Remove partial copies after a failed transfer; the step stays not ready."""
+    root_real = resolve_root(root)
+    sdir = step_dir(root_real, step)
+    _data, incoming, _internal = _entries(sdir)
+    for name in incoming:
+        try:
+            os.unlink(os.path.join(sdir, name))
+        except OSError:
+            pass
+    return incoming
+
+
+# --------------------------------------------------------------------------- clear
+
+
+def plan_clear(root, step=None):
+    # type: (str, str | None) -> dict
+    """What a clear would remove: one step folder, or every entry under the root."""
+    root_real = resolve_root(root)
+    if step:
+        path = os.path.join(root_real, check_name(step, "step"))
+        if os.path.lexists(path):
+            real = os.path.realpath(path)
+            if not within(real, root_real):
+                raise RamdiskError(
+                    f"refusing to clear {path}: it resolves to {real}, outside the ramdisk root {root_real}"
+                )
+        targets = [path] if os.path.lexists(path) else []
+    else:
+        targets = (
+            [os.path.join(root_real, n) for n in sorted(os.listdir(root_real))]
+            if os.path.isdir(root_real)
+            else []
+        )
+    return {"root": root_real, "targets": [{"path": t, "bytes": tree_bytes(t)} for t in targets]}
+
+
+def do_clear(plan):
+    # type: (dict) -> list
+    removed = []
+    for target in plan["targets"]:
+        remove_entry(target["path"], plan["root"])
+        removed.append(target["path"])
+    return removed
+
+
+# --------------------------------------------------------------------------- status
+
+
+def step_status(root_real, step, expected=None, verify="quick"):
+    # type: (str, str, list | None, str) -> dict
+    sdir = os.path.join(root_real, step)
+    out = {"step": step, "path": sdir, "state": "absent", "files": [], "bytes": 0, "problems": []}
+    if os.path.islink(sdir) or not os.path.isdir(sdir):
+        if os.path.lexists(sdir):
+            out["problems"].append(f"{sdir} is not a folder")
+        return out
+    data, incoming, _internal = _entries(sdir)
+    manifest = read_manifest(sdir)
+    records = manifest_records(manifest)
+    for name in data:
+        size = tree_bytes(os.path.join(sdir, name))
+        out["files"].append({"name": name, "size": size, "in_manifest": name in records})
+        out["bytes"] += size
+    if incoming:
+        out["problems"].append("partial copies present: {}".format(", ".join(incoming)))
+    if manifest is None:
+        out["state"] = "incomplete"
+        out["problems"].append("no manifest (sentinel): preload never finished")
+        return out
+    out["state"] = "valid"
+    out["manifest_written"] = manifest.get("written")
+    for name, rec in sorted(records.items()):
+        if (
+            file_matches(os.path.join(sdir, name), rec.get("size", -1), rec.get("sha256", ""), rec, verify)
+            is None
+        ):
+            out["state"] = "damaged"
+            out["problems"].append(f"{name} missing or changed on the host")
+    if expected is not None:
+        exp = dict((e["name"], e) for e in check_expected(expected))
+        stale = sorted(
+            n
+            for n in set(exp) | set(records)
+            if n not in exp
+            or n not in records
+            or (records[n].get("sha256"), records[n].get("size")) != (exp[n]["sha256"], exp[n]["size"])
+        )
+        if stale:
+            out["stale_files"] = stale
+            out["problems"].append("differs from the sources: {}".format(", ".join(stale)))
+            if out["state"] == "valid":
+                out["state"] = "stale"
+    return out
+
+
+def status(root, step=None, expected=None, verify="quick"):
+    # type: (str, str | None, list | None, str) -> dict
+    root_real = resolve_root(root)
+    if step:
+        check_name(step, "step")
+        steps = [step]
+    elif os.path.isdir(root_real):
+        steps = sorted(
+            n
+            for n in os.listdir(root_real)
+            if not n.startswith(".") and os.path.isdir(os.path.join(root_real, n))
+        )
+    else:
+        steps = []
+    results = [step_status(root_real, s, expected if step else None, verify) for s in steps]
+    shm = shm_info(root_real)
+    if results:
+        parts = [f"{r['step']}: {len(r['files'])} files {mib(r['bytes'])} {r['state']}" for r in results]
+    else:
+        parts = ["no steps loaded"]
+    summary = "{} | shm {}/{} used ({:.1f}%)".format(
+        "; ".join(parts),
+        mib(shm["used_bytes"]),
+        mib(shm["size_bytes"]),
+        shm["used_percent"],
+    )
+    shm_text = "{:.1f}/{:.1f} MiB ({:.1f}%)".format(
+        shm["used_bytes"] / 1048576.0, shm["size_bytes"] / 1048576.0, shm["used_percent"]
+    )
+    rows = [
+        f"{r['step']:<12} {len(r['files']):>5} {r['bytes'] / 1048576.0:>11.1f}  {r['state']:<10} {shm_text}"
+        for r in results
+    ] or [f"{'-':<12} {0:>5} {0.0:>11.1f}  {'empty':<10} {shm_text}"]
+    return {"root": root_real, "steps": results, "shm": shm, "summary": summary, "rows": rows}
+
+
+def mib(n):
+    # type: (int | float) -> str
+    return "%.1f MiB" % (n / 1048576.0)

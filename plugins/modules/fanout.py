@@ -1,0 +1,135 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fanout
+short_description: Run a step's jobs across the GPU slots of many hosts, exactly once each
+version_added: "0.1.0"
+description:
+  - Runs on the controller. Plans the jobs of a step (Step 3 scoring chunks, Step 1 seed
+    ranges, or any jobs file), gives every host min(GPU count, C(max_concurrent_jobs),
+    workers that fit its memory) slots, slot i bound to GPU i, and lets free slots pull
+    work. Each busy slot is served by one long-lived ansible-runner run
+    (M(prng.cluster.fanout_slot)) that takes batch after batch and runs each with
+    M(prng.cluster.gpu_job) bound to the slot's GPU, so the runner's fixed cost is paid
+    once per slot (C(settings.transport=dispatch) starts one run per batch instead). A
+    batch carries as much work as the host's measured throughput (moving average) does in
+    C(target_dispatch_seconds), less near the end so no slot idles while others finish.
+  - A job is done only when its output validated on the host and again after the pull
+    to the controller. Failed jobs retry with backoff on another host when one exists; an
+    unreachable host's jobs are requeued and the host retried later; a job killed for
+    memory (exit 137) is split in half.
+  - Every state change goes to a journal under O(run_dir) first. Running it again with
+    the same O(run_dir) resumes without redoing finished jobs, and refuses if an input's
+    content hash changed.
+  - Writes C(progress.json) while running and C(fanout_manifest.json) at the end, also
+    when jobs failed; the task itself fails only on bad arguments, so a playbook can
+    aggregate what finished (incident i15) and decide from RV(complete).
+author:
+  - PRNG cluster team
+options:
+  plan:
+    description: Which planner makes the jobs.
+    type: str
+    choices: [score, sieve, list]
+    required: true
+  params:
+    description:
+      - Planner parameters. C(score) needs C(survivors), C(train_history), C(family),
+        C(chunk_size); optional C(holdout_history), C(mod), C(memory_model), C(timeout).
+        C(sieve) needs C(history), C(family), C(seed_start), C(seed_stop), C(chunk_size).
+        C(list) needs C(jobs_file).
+    type: dict
+    required: true
+  run_dir:
+    description: Controller folder of this run (journal, outputs, progress, manifest).
+    type: path
+    required: true
+  hosts:
+    description: Hosts whose slots run the jobs; their inventory variables give GPU type,
+      count, limits, paths and C(prng_memory_available_mb) (from M(prng.cluster.memory_facts)).
+    type: list
+    elements: str
+    required: true
+  input_dir:
+    description: Folder on every host holding the inputs (the step's ramdisk copy). A host
+      variable C(fanout_input_dir) overrides it per host.
+    type: str
+    default: ""
+  fresh_run:
+    description: Start afresh even if O(run_dir) holds a run; the old folder is renamed aside.
+    type: bool
+    default: false
+  settings:
+    description:
+      - Scheduler knobs, e.g. C(target_dispatch_seconds) (10), C(max_attempts) (3),
+        C(retry_backoff_seconds) (2), C(host_retry_seconds) (10), C(max_host_failures) (3),
+        C(max_requeues) (6), C(max_jobs_per_dispatch) (64), C(ema_alpha) (0.3),
+        C(progress_interval) (5), C(transport) (C(slot) or C(dispatch)).
+    type: dict
+    default: {}
+attributes:
+  check_mode:
+    support: none
+    description: It runs jobs on the hosts; in check mode it does nothing and says so.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Score the survivors on every GPU of the cluster
+  prng.cluster.fanout:
+    plan: score
+    params:
+      survivors: /data/bidirectional_survivors.npz
+      train_history: /data/train_history.json
+      holdout_history: /data/holdout_history.json
+      family: java_lcg
+      chunk_size: 1000
+    hosts: "{{ groups['gpu_nodes'] }}"
+    input_dir: /dev/shm/prng/step3
+    run_dir: "{{ playbook_dir }}/../runs/step3"
+  run_once: true
+  delegate_to: localhost
+  register: fan
+"""
+
+RETURN = r"""
+complete:
+  description: Every job done.
+  returned: always
+  type: bool
+  sample: true
+jobs:
+  description: Job counts by final state.
+  returned: always
+  type: dict
+  sample: {"expected": 6, "completed": 6, "failed": 0, "split": 0}
+outputs:
+  description: Validated output files on the controller, in job order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["/work/runs/step3/outputs/c0000/c0000.json"]
+manifest:
+  description: Path of the run manifest.
+  returned: always
+  type: str
+  sample: /work/runs/step3/fanout_manifest.json
+resumed:
+  description: Whether an earlier run in O(run_dir) was resumed.
+  returned: always
+  type: bool
+  sample: false
+"""
+
+# The work happens on the controller, in plugins/action/fanout.py; this file documents it.
+if __name__ == "__main__":
+    from ansible.module_utils.basic import AnsibleModule
+
+    AnsibleModule(argument_spec={}).fail_json(msg="prng.cluster.fanout runs as an action on the controller only")

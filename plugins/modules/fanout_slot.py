@@ -1,0 +1,63 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fanout_slot
+short_description: One GPU slot's session of a fan-out (internal)
+version_added: "0.1.0"
+description:
+  - Internal to P(prng.cluster.fanout#action), which starts one ansible-runner run per busy
+    slot with this task. The task connects to the fan-out's local socket and, until told
+    to stop, takes a batch of jobs, runs it on its host with M(prng.cluster.gpu_job) bound
+    to the slot's GPU, pulls the outputs that validated, and reports back.
+  - One run serves many batches, so the fixed cost of starting ansible-playbook is paid
+    once per slot instead of once per batch.
+options:
+  socket:
+    description: Path of the fan-out's Unix socket on the controller.
+    type: path
+    required: true
+  slot:
+    description: Slot index on the host (the GPU index it binds).
+    type: int
+    required: true
+  gpu_args:
+    description: Host-level options of M(prng.cluster.gpu_job) (gpu_type, gpu_index, env_file...).
+    type: dict
+    required: true
+attributes:
+  check_mode:
+    support: none
+  diff_mode:
+    support: none
+author:
+  - PRNG cluster team
+"""
+
+EXAMPLES = r"""
+# Not for playbooks: the fan-out writes this task into each slot's runner play.
+- name: Serve slot 0
+  prng.cluster.fanout_slot:
+    socket: /tmp/fanout-abc/s
+    slot: 0
+    gpu_args: {gpu_type: cuda, gpu_index: 0}
+"""
+
+RETURN = r"""
+batches:
+  description: Batches this session ran.
+  returned: always
+  type: int
+  sample: 7
+"""
+
+# The work happens on the controller, in plugins/action/fanout_slot.py; this file documents it.
+if __name__ == "__main__":
+    from ansible.module_utils.basic import AnsibleModule
+
+    AnsibleModule(argument_spec={}).fail_json(msg="prng.cluster.fanout_slot runs as an action on the controller only")

@@ -1,0 +1,136 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: kernel_log
+short_description: OOM kills and GPU driver errors in a host's kernel log
+version_added: "0.1.0"
+description:
+  - Reads the kernel log of the current boot (C(dmesg), else C(journalctl -k -b)) and
+    reports OOM-killer kills (with pid and process name), amdgpu / KFD errors (ring
+    timeouts, SMU not answering, GPU resets, failed GFXOFF changes) and NVIDIA Xid errors.
+  - When no source is readable (for example C(kernel.dmesg_restrict=1) without root), the
+    module succeeds with RV(readable=false) and says why, instead of failing.
+author:
+  - PRNG cluster team
+options:
+  sources:
+    description: Log sources to try, in order.
+    type: list
+    elements: str
+    choices: [dmesg, journalctl]
+    default: [dmesg, journalctl]
+  log_file:
+    description: Read this file (a saved kernel log) instead of the live sources.
+    type: path
+  max_lines:
+    description: Most recent matching lines kept per kind.
+    type: int
+    default: 20
+  timeout:
+    description: Seconds a source may take.
+    type: float
+    default: 30
+attributes:
+  check_mode:
+    support: full
+    description: Reads only; runs the same in check mode.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: OOM kills and amdgpu errors since boot
+  prng.cluster.kernel_log:
+  register: klog
+
+# Ad hoc: ansible rig-6600 -b -m prng.cluster.kernel_log
+"""
+
+RETURN = r"""
+readable:
+  description: Whether a source could be read.
+  returned: always
+  type: bool
+  sample: true
+source:
+  description: The source read (V(dmesg), V(journalctl), V(file)), null when none.
+  returned: always
+  type: str
+  sample: dmesg
+errors:
+  description: Why sources could not be read.
+  returned: always
+  type: list
+  elements: str
+  sample: ["dmesg: dmesg: read kernel buffer failed: Operation not permitted"]
+oom_kills:
+  description: The most recent OOM kills.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"pid": 41877, "process": "python3", "line": "[38211.446421] Out of memory: Killed process 41877 (python3) ..."}]
+oom_kill_count:
+  description: OOM kills in the log.
+  returned: always
+  type: int
+  sample: 3
+oom_invocations:
+  description: Times the OOM killer was invoked.
+  returned: always
+  type: int
+  sample: 3
+amdgpu_errors:
+  description: The most recent amdgpu / KFD error lines.
+  returned: always
+  type: list
+  elements: str
+  sample: ["[40132.358210] [drm:amdgpu_job_timedout [amdgpu]] *ERROR* ring gfx_0.0.0 timeout, signaled seq=1194821, emitted seq=1194823"]
+amdgpu_error_count:
+  description: amdgpu / KFD error lines in the log.
+  returned: always
+  type: int
+  sample: 4
+nvidia_xid:
+  description: NVIDIA Xid errors (PCI address, Xid number, line).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"pci": "0000:65:00", "xid": 79, "line": "NVRM: Xid (PCI:0000:65:00): 79, pid=2231, GPU has fallen off the bus."}]
+nvidia_xid_count:
+  description: Xid lines in the log.
+  returned: always
+  type: int
+  sample: 1
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import parse_kernel_log, read_kernel_log
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            sources=dict(type="list", elements="str", choices=["dmesg", "journalctl"],
+                         default=["dmesg", "journalctl"]),
+            log_file=dict(type="path"),
+            max_lines=dict(type="int", default=20),
+            timeout=dict(type="float", default=30.0),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["max_lines"] < 1:
+        module.fail_json(msg="max_lines must be >= 1, got %s" % p["max_lines"])
+    text, source, errors = read_kernel_log(p["sources"], p["log_file"], p["timeout"])
+    result = parse_kernel_log(text or "", p["max_lines"])
+    module.exit_json(changed=False, readable=text is not None, source=source, errors=errors, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+#!/usr/bin/python
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ramdisk
+short_description: Preload, verify, clear and report a pipeline step's files in a host's ramdisk
+version_added: 0.1.0
+description:
+  - Keeps copies of a step's input files in C(<root>/<step>/) on each host (default root
+    C(/dev/shm/prng)), so concurrent workers read them from RAM.
+  - O(state=preload) sends the files from the controller, once per host, and copies only
+    files that are missing or whose content differs (SHA-256). Each copy is verified by
+    size and hash on the host, then renamed into place. The sentinel, a manifest of
+    names, sizes and hashes (C(.manifest.json)), is written last; while an update is in
+    progress and after any failure there is no sentinel, so a step is never "ready" with
+    missing or partial files.
+  - Before copying, a preflight reads the real mount holding the root. It warns when the
+    mount would be more than O(warn_percent) used after loading, and refuses (nothing
+    copied) above O(max_percent), or when the files would not fit in the free space.
+  - O(state=clear) removes one step folder, or everything under the root (dotfiles
+    included). Paths are resolved first; the root may not be empty, relative, V(/) or a
+    system folder, and a step may not resolve outside the root.
+  - O(state=status) lists the steps, their files and sizes, whether each is valid,
+    stale (differs from O(files) on the controller), damaged, incomplete or absent, and
+    the ramdisk's used and total size.
+  - The controller side (hashing the sources with a size/mtime cache and sending the
+    files) is this module's action plugin, so the module is always used through it.
+author:
+  - PRNG cluster team
+options:
+  state:
+    description:
+      - V(preload) loads O(files) for O(step); V(clear) removes O(step) or every step;
+        V(status) reports.
+    type: str
+    choices: [preload, clear, status]
+    default: status
+  root:
+    description:
+      - Root folder of the ramdisk copies. Must be absolute, not a system folder; symlinks
+        are resolved.
+    type: path
+    default: /dev/shm/prng
+    aliases: [ramdisk_root]
+  step:
+    description:
+      - Name of the step folder under O(root), for example V(step3). A plain name (no
+        C(/), not starting with C(.)).
+      - Required for O(state=preload). For O(state=clear) and O(state=status), omitted or
+        empty means all steps.
+    type: str
+  files:
+    description:
+      - Source files on the controller to preload (or, with O(state=status), to compare
+        the loaded copies with, to detect stale data). Each lands under its base name;
+        base names must be unique.
+    type: list
+    elements: path
+  exclusive:
+    description:
+      - With O(state=preload), first remove every other step under O(root), so only this
+        step's data is held (the standalone lifecycle policy).
+    type: bool
+    default: false
+  warn_percent:
+    description: Warn when the ramdisk mount would be more than this percentage used after the preload.
+    type: float
+    default: 50
+  max_percent:
+    description: Refuse to preload when the ramdisk mount would be more than this percentage used.
+    type: float
+    default: 80
+  verify:
+    description:
+      - How files already on the host are checked. V(quick) trusts a manifest record whose
+        size and modification time still match; V(full) re-reads and hashes every file.
+        New copies are always hashed.
+    type: str
+    choices: [quick, full]
+    default: quick
+  _manifest:
+    description: Internal, set by the action plugin. Names, sizes and SHA-256 of O(files).
+    type: list
+    elements: dict
+  _phase:
+    description: Internal, set by the action plugin. Which half of a preload to run.
+    type: str
+    choices: [prepare, commit, abort]
+    default: prepare
+  _staged:
+    description: Internal, set by the action plugin. File name to the path its copy was sent to.
+    type: dict
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
+attributes:
+  action:
+    support: full
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: full
+    details: Reports what would be copied, purged or removed; nothing is sent or changed.
+  diff_mode:
+    support: full
+    details: The step's manifest before and after (preload), or the removed paths (clear).
+  platform:
+    platforms: posix
+notes:
+  - Concurrent preloads of the same step on the same host are not locked against each other.
+  - The controller caches source hashes by path, size, mtime and inode in
+    C(~/.cache/prng-cluster/hashes) (override with E(PRNG_HASH_CACHE)); a changed file is re-hashed.
+seealso:
+  - name: Ramdisk role and playbooks
+    description: docs/ramdisk.md in the collection.
+    link: https://example.invalid/prng-cluster/docs/ramdisk.md
+"""
+
+EXAMPLES = r"""
+- name: Load Step 3 inputs into each host's ramdisk (clearing other steps first)
+  prng.cluster.ramdisk:
+    state: preload
+    step: step3
+    files:
+      - runs/demo/train_history.json
+      - runs/demo/holdout_history.json
+    exclusive: true
+
+- name: Is the loaded copy still the same as the sources?
+  prng.cluster.ramdisk:
+    state: status
+    step: step3
+    files: [runs/demo/train_history.json, runs/demo/holdout_history.json]
+  register: ramdisk
+
+- name: Remove one step
+  prng.cluster.ramdisk:
+    state: clear
+    step: step3
+
+- name: Remove every step under a custom root
+  prng.cluster.ramdisk:
+    state: clear
+    root: /dev/shm/prng-test
+
+# Ad hoc:
+#   ansible gpu_nodes -m prng.cluster.ramdisk -a 'state=status'
+#   ansible gpu_nodes -m prng.cluster.ramdisk -a 'state=preload step=step3 files=a.json,b.json'
+"""
+
+RETURN = r"""
+step_path:
+  description: The step folder on the host (preload, status with O(step)).
+  returned: when a step is given
+  type: str
+  sample: /dev/shm/prng/step3
+copied:
+  description: Files sent and installed by this preload (would be, in check mode).
+  returned: state=preload
+  type: list
+  elements: str
+  sample: [train_history.json]
+removed:
+  description: Paths removed (other steps purged, extra or partial files, cleared steps).
+  returned: state=preload or state=clear
+  type: list
+  elements: str
+  sample: [/dev/shm/prng/step2]
+manifest:
+  description: The sentinel manifest written by the preload.
+  returned: state=preload and not in check mode
+  type: dict
+  sample: {"version": 1, "step": "step3", "total_bytes": 35000,
+           "files": [{"name": "train_history.json", "size": 28000, "sha256": "9f86d0...", "mtime_ns": 1}]}
+files:
+  description: Host path of each loaded file, by name.
+  returned: state=preload
+  type: dict
+  sample: {"train_history.json": /dev/shm/prng/step3/train_history.json}
+steps:
+  description:
+    - Per step, its files, bytes, and state (V(valid), V(stale), V(damaged),
+      V(incomplete), V(absent)) with the problems found.
+  returned: state=status
+  type: list
+  elements: dict
+  sample: [{"step": "step3", "path": "/dev/shm/prng/step3", "state": "valid", "bytes": 35000,
+            "files": [{"name": "train_history.json", "size": 28000, "in_manifest": true}], "problems": []}]
+shm:
+  description: The real mount holding the root, its size and use.
+  returned: always
+  type: dict
+  sample: {"mount": "/dev/shm", "fstype": "tmpfs", "size_bytes": 4294967296, "used_bytes": 536870912,
+           "avail_bytes": 3758096384, "used_percent": 12.5}
+summary:
+  description: One line for tables, e.g. from playbooks/ramdisk_status.yml.
+  returned: state=status
+  type: str
+  sample: "step3: 2 files 0.0 MiB valid | shm 0.0 MiB/64.0 MiB used (0.1%)"
+rows:
+  description: Table rows (step, files, MiB, state, shm used/size) for playbooks/ramdisk_status.yml.
+  returned: state=status
+  type: list
+  elements: str
+  sample: ["step3            2         0.0  valid      0.0/64.0 MiB (0.1%)"]
+complete:
+  description: Preload found the step already loaded and verified; nothing to do.
+  returned: state=preload
+  type: bool
+  sample: true
+"""
+
+import os  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.ramdisk import (  # noqa: E402
+    RamdiskError,
+    abort_preload,
+    commit_preload,
+    do_clear,
+    manifest_lines,
+    plan_clear,
+    plan_preload,
+    prepare_preload,
+    resolve_root,
+    shm_info,
+    status,
+)
+
+
+def _preload(module: AnsibleModule) -> dict:
+    p = module.params
+    if not p["step"]:
+        raise RamdiskError("state=preload needs a step")
+    if p["_manifest"] is None:
+        raise RamdiskError("state=preload needs files (sent by the action plugin)")
+    phase = p["_phase"]
+    if phase == "abort":
+        gone = abort_preload(p["root"], p["step"])
+        return {"changed": bool(gone), "removed": gone}
+    if phase == "commit":
+        res = commit_preload(p["root"], p["step"], p["_manifest"], p["_staged"] or {}, p["verify"])
+        res["step_path"] = res.pop("path")
+        res["changed"] = True
+        res["files"] = {
+            r["name"]: os.path.join(res["step_path"], r["name"]) for r in res["manifest"]["files"]
+        }
+        res["shm"] = shm_info(res["step_path"])
+        return res
+    plan = plan_preload(
+        p["root"], p["step"], p["_manifest"], p["exclusive"], p["warn_percent"], p["max_percent"], p["verify"]
+    )
+    for warning in plan["warnings"]:
+        module.warn(warning)
+    res = {
+        "changed": not plan["complete"],
+        "complete": plan["complete"],
+        "step_path": plan["path"],
+        "needed": plan["needed"],
+        "copied": plan["needed"],
+        "copy_bytes": plan["copy_bytes"],
+        "removed": [os.path.join(plan["root"], n) for n in plan["purge"]]
+        + [os.path.join(plan["path"], n) for n in plan["extraneous"] + plan["incoming"]],
+        "shm": plan["shm"],
+        "projected_used_percent": plan["projected_used_percent"],
+        "files": {e["name"]: os.path.join(plan["path"], e["name"]) for e in plan["expected"]},
+    }
+    if module._diff:
+        after = {"files": [dict(e) for e in plan["expected"]]}
+        res["diff"] = {
+            "before_header": f"{plan['path']}/.manifest.json",
+            "after_header": f"{plan['path']}/.manifest.json",
+            "before": manifest_lines(plan["manifest_before"]),
+            "after": manifest_lines(after),
+        }
+    if not plan["complete"] and not module.check_mode:
+        prepare_preload(plan)
+    return res
+
+
+def _clear(module: AnsibleModule) -> dict:
+    p = module.params
+    plan = plan_clear(p["root"], p["step"] or None)
+    paths = [t["path"] for t in plan["targets"]]
+    res = {
+        "changed": bool(paths),
+        "removed": paths,
+        "freed_bytes": sum(t["bytes"] for t in plan["targets"]),
+    }
+    if module._diff:
+        res["diff"] = {"before": "".join(p + "\n" for p in paths), "after": ""}
+    if paths and not module.check_mode:
+        do_clear(plan)
+    res["shm"] = shm_info(plan["root"])
+    return res
+
+
+def _status(module: AnsibleModule) -> dict:
+    p = module.params
+    res = status(p["root"], p["step"] or None, p["_manifest"], p["verify"])
+    if p["step"]:
+        res["step_path"] = os.path.join(res["root"], p["step"])
+    res["changed"] = False
+    return res
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", choices=["preload", "clear", "status"], default="status"),
+            root=dict(type="path", default="/dev/shm/prng", aliases=["ramdisk_root"]),
+            step=dict(type="str"),
+            files=dict(type="list", elements="path"),
+            exclusive=dict(type="bool", default=False),
+            warn_percent=dict(type="float", default=50),
+            max_percent=dict(type="float", default=80),
+            verify=dict(type="str", choices=["quick", "full"], default="quick"),
+            _manifest=dict(type="list", elements="dict"),
+            _phase=dict(type="str", choices=["prepare", "commit", "abort"], default="prepare"),
+            _staged=dict(type="dict"),
+        ),
+        supports_check_mode=True,
+    )
+    # An empty root must be refused, not replaced by a default: check the raw value.
+    if module.params["root"] is None or not str(module.params["root"]).strip():
+        module.fail_json(msg="refusing: the ramdisk root is empty")
+    try:
+        resolve_root(module.params["root"])
+        handler = {"preload": _preload, "clear": _clear, "status": _status}[module.params["state"]]
+        result = handler(module)
+    except RamdiskError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg=f"ramdisk {module.params['state']} failed: {exc}")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

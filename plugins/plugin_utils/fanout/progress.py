@@ -1,0 +1,67 @@
+# -*- coding: utf-8 -*-
+# Copyright: PRNG cluster team
+# MIT License (see galaxy.yml)
+"""Progress of a fan-out: a JSON file rewritten atomically about once a second, and a
+line per host in the ansible-playbook output every few seconds (done/failed/running,
+rate, ETA)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict
+
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import atomic_write_json
+
+
+def snapshot(fan: Any) -> Dict[str, Any]:
+    now = time.time()
+    elapsed = max(1e-6, now - fan.started)
+    counts = fan.counts()
+    live_jobs = [j for j in fan.jobs.values() if j.state != "split"]
+    units_total = sum(j.units for j in live_jobs)
+    units_done = sum(j.units for j in live_jobs if j.state == "done")
+    units_this_run = sum(h.units_done for h in fan.hosts.values())
+    rate = units_this_run / elapsed
+    remaining = units_total - units_done - sum(j.units for j in live_jobs if j.state == "failed")
+    hosts = {}
+    for name, h in fan.hosts.items():
+        hosts[name] = {"slots": h.spec.slots, "running": len(h.running), "done": h.done, "failed": h.failed,
+                       "units_done": h.units_done, "rate_units_per_slot_s": round(h.rate or 0.0, 3),
+                       "state": "excluded" if h.excluded else ("down" if h.down_until > now else "up"),
+                       "last_error": h.last_error[:200]}
+    return {"updated": round(now, 3), "elapsed_s": round(elapsed, 1), "jobs": counts,
+            "units": {"total": units_total, "done": units_done},
+            "rate_units_per_s": round(rate, 3),
+            "eta_s": round(remaining / rate, 1) if rate > 0 else None, "hosts": hosts}
+
+
+class Progress:
+    def __init__(self, path: str, say: Callable[[str], None], interval: float) -> None:
+        self.path = path
+        self.say = say
+        self.interval = interval
+        self.last_write = 0.0
+        self.last_say = time.time()
+
+    def tick(self, fan: Any, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_write < 1.0:
+            return
+        snap = snapshot(fan)
+        atomic_write_json(self.path, snap)
+        self.last_write = now
+        if force or now - self.last_say >= self.interval:
+            self.last_say = now
+            self.say(render(snap))
+
+
+def render(snap: Dict[str, Any]) -> str:
+    j = snap["jobs"]
+    eta = "%.0fs" % snap["eta_s"] if snap["eta_s"] is not None else "?"
+    lines = ["fan-out %5.0fs: %d done, %d failed, %d running, %d queued | %.1f units/s | ETA %s"
+             % (snap["elapsed_s"], j["done"], j["failed"], j["running"], j["queued"], snap["rate_units_per_s"], eta)]
+    for name, h in snap["hosts"].items():
+        lines.append("  %-16s %-8s slots %2d  running %2d  done %4d  failed %3d  %.1f units/s/slot"
+                     % (name, h["state"], h["slots"], h["running"], h["done"], h["failed"],
+                        h["rate_units_per_slot_s"]))
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Unit tests of the fan-out's controller side: journal, planning, batch sizing, output
+validation; and of the gpu_job module run for real through `ansible localhost`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "collections"))
+
+from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (  # noqa: E402
+    OutputInvalid,
+    seeds_digest,
+    validate_output,
+)
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import (  # noqa: E402
+    Job,
+    Journal,
+    ResumeRefused,
+    hash_inputs,
+)
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (  # noqa: E402
+    HostSpec,
+    ListPlan,
+    ScorePlan,
+    pick_chunk_size,
+    predict_peak_mb,
+    slots_for,
+)
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import (  # noqa: E402
+    FanOut,
+    Settings,
+)
+
+BIN = Path(sys.executable).parent
+
+
+# -- output validation (i3, i4) ---------------------------------------------------------
+def test_i4_truncated_json_output_is_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    text = json.dumps([{"seed": s} for s in range(100)])
+    path.write_text(text)
+    spec = {"path": str(path), "kind": "json_list", "records": 100,
+            "seeds_sha256": seeds_digest(list(range(100)))}
+    assert validate_output(spec)["records"] == 100
+    path.write_text(text[: len(text) - 1])  # one byte short: a check of the first byte passes
+    with pytest.raises(OutputInvalid, match="does not parse"):
+        validate_output(spec)
+
+
+def test_i3_missing_wrong_count_or_wrong_seeds_are_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    with pytest.raises(OutputInvalid, match="missing"):
+        validate_output({"path": str(path), "kind": "json_list"})
+    path.write_text(json.dumps([{"seed": s} for s in range(10)]))
+    with pytest.raises(OutputInvalid, match="holds 10 records, expected 11"):
+        validate_output({"path": str(path), "kind": "json_list", "records": 11})
+    with pytest.raises(OutputInvalid, match="other seeds"):
+        validate_output({"path": str(path), "kind": "json_list", "records": 10,
+                         "seeds_sha256": seeds_digest(list(range(1, 11)))})
+
+
+def test_npz_output_validated_whole_with_uint64_seeds(tmp_path: Path) -> None:
+    path = tmp_path / "out.npz"
+    seeds = np.array([2**47 + 5, 3, 2**40], dtype=np.uint64)  # above uint32 (i27)
+    with open(path, "wb") as fh:
+        np.savez(fh, seeds=seeds, score=np.ones(3))
+    spec = {"path": str(path), "kind": "npz", "records": 3, "seeds_sha256": seeds_digest([int(s) for s in seeds])}
+    assert validate_output(spec)["records"] == 3
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 40])
+    with pytest.raises(OutputInvalid):
+        validate_output(spec)
+    with zipfile.ZipFile(path, "w") as zf:  # a zip whose member bytes were damaged
+        zf.writestr("seeds.npy", b"\x93NUMPY" + b"\x00" * 30)
+    with pytest.raises(OutputInvalid):
+        validate_output(spec)
+
+
+# -- journal and resume (i15, i17, i22) -------------------------------------------------
+def test_journal_replays_states_and_ignores_a_torn_line(tmp_path: Path) -> None:
+    jobs = [Job(id=f"j{i}", argv=["x"], range=[i * 10, i * 10 + 10], units=10) for i in range(4)]
+    j = Journal(str(tmp_path))
+    j.create({"run_id": "r1", "inputs": {}}, jobs)
+    j.append("start", job="j0", host="a")
+    j.append("done", job="j0", host="a", duration_s=1.5, result={"outputs": []})
+    j.append("start", job="j1", host="a")
+    j.append("fail", job="j1", host="a", reason="exit 1", final=False)
+    j.append("start", job="j2", host="b")
+    j.append("split", job="j3", children=[Job(id="j3.a", argv=["x"], range=[30, 35], units=5).spec(),
+                                          Job(id="j3.b", argv=["x"], range=[35, 40], units=5).spec()])
+    j.close()
+    with open(j.path, "ab") as fh:
+        fh.write(b'{"t": 1, "ev": "done", "job": "j2"')  # crash mid-write
+    state = Journal(str(tmp_path)).load()
+    assert state["j0"].state == "done" and state["j0"].duration_s == 1.5
+    assert state["j1"].state == "queued" and state["j1"].attempts == 1 and state["j1"].avoid == ["a"]
+    assert state["j2"].state == "queued"  # was running when the controller died: requeued
+    assert state["j3"].state == "split" and state["j3.a"].range == [30, 35]
+    j2 = Journal(str(tmp_path))
+    j2.append("done", job="j2", host="b")  # the torn line is closed off, not glued onto
+    j2.close()
+    assert Journal(str(tmp_path)).load()["j2"].state == "done"
+
+
+def test_i22_resume_refuses_changed_inputs(tmp_path: Path) -> None:
+    src = tmp_path / "survivors.json"
+    src.write_text("[1, 2, 3]")
+    j = Journal(str(tmp_path / "run"))
+    j.create({"run_id": "r1", "inputs": hash_inputs({"survivors": str(src)})}, [])
+    j.check_inputs(hash_inputs({"survivors": str(src)}))  # same content: fine
+    src.write_text("[1, 2, 4]")
+    with pytest.raises(ResumeRefused, match="changed since run r1"):
+        j.check_inputs(hash_inputs({"survivors": str(src)}))
+
+
+# -- planning ---------------------------------------------------------------------------
+MODEL = {"version": 1, "models": {"numpy": {"base_mb": 100.0, "bytes_per_seed_draw": 256.0}}}
+
+
+def test_i11_slots_are_the_min_of_gpus_limit_and_memory() -> None:
+    assert slots_for(HostSpec("a", gpu_type="rocm", gpu_count=12, max_concurrent_jobs=4), 0) == 4
+    assert slots_for(HostSpec("a", gpu_type="rocm", gpu_count=12, max_concurrent_jobs=12), 0) == 12
+    assert slots_for(HostSpec("a", gpu_type="rocm", gpu_count=12, max_concurrent_jobs=16), 0) == 12
+    assert slots_for(HostSpec("c", gpu_type="cpu", gpu_count=0, max_concurrent_jobs=3), 0) == 3
+    # i10: a 7.7 GB rig with ~4.8 GB available and 600 MB workers fits 6 with a 20 % margin
+    rig = HostSpec("rig", gpu_type="rocm", gpu_count=12, max_concurrent_jobs=12, memory_available_mb=4800)
+    assert slots_for(rig, 600) == 6 and "memory_fit=6" in rig.slot_reason
+
+
+def test_i10_chunk_size_shrinks_until_every_slot_fits() -> None:
+    rig = HostSpec("rig", gpu_type="rocm", gpu_count=12, max_concurrent_jobs=12, memory_available_mb=4800)
+    chunk = pick_chunk_size([rig], MODEL, "numpy", 5000, 500)
+    assert chunk < 5000
+    assert 12 * predict_peak_mb(MODEL, "numpy", chunk, 500) <= 4800 * 0.8
+    assert slots_for(rig, predict_peak_mb(MODEL, "numpy", chunk, 500)) == 12
+
+
+def test_score_plan_chunks_cover_every_survivor_once_and_split_in_halves(tmp_path: Path) -> None:
+    recs = [{"seed": 2**40 + i * 7} for i in range(1003)]
+    (tmp_path / "s.json").write_text(json.dumps(recs))
+    (tmp_path / "t.json").write_text("[1, 2, 3]")
+    plan = ScorePlan({"survivors": str(tmp_path / "s.json"), "train_history": str(tmp_path / "t.json"),
+                      "family": "java_lcg", "chunk_size": 250})
+    jobs = plan.make_jobs()
+    assert [j.range for j in jobs] == [[0, 250], [250, 500], [500, 750], [750, 1000], [1000, 1003]]
+    exp = plan.expect(jobs[4])
+    assert exp["records"] == 3 and exp["seeds_sha256"] == seeds_digest([r["seed"] for r in recs[1000:]])
+    a, b = plan.split(jobs[0])
+    assert (a.range, b.range, a.parent) == ([0, 125], [125, 250], jobs[0].id)
+    assert "{start}" in a.argv and "--survivors" in a.argv
+
+
+def test_list_plan_needs_an_output_per_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps({"jobs": [{"id": "a", "script": "x.py", "args": ["--n", 1]}]}))
+    with pytest.raises(ValueError, match="names no output"):
+        ListPlan({"jobs_file": str(path)}).make_jobs()
+
+
+# -- batch sizing: free slots pull, enough work per dispatch, fair tail (i18) ------------------
+def _fan(tmp_path: Path, n_jobs: int, hosts: list[HostSpec]) -> FanOut:
+    jobs = {f"j{i:03d}": Job(id=f"j{i:03d}", argv=["x"], units=100) for i in range(n_jobs)}
+    for h in hosts:
+        slots_for(h, 0)
+    return FanOut(str(tmp_path), ListPlan({}), hosts, jobs, Journal(str(tmp_path)),
+                  lambda *a: None, Settings(target_dispatch_seconds=10), lambda s: None)  # type: ignore[arg-type]
+
+
+def test_batch_sizing_from_measured_throughput(tmp_path: Path) -> None:
+    fan = _fan(tmp_path, 200, [HostSpec("fast", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+                               HostSpec("slow", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2)])
+    fast, slow = fan.hosts["fast"], fan.hosts["slow"]
+    assert len(fan.take_batch(fast, 0.0)) == 1  # no measurement yet: one job probes the host
+    fast.rate, slow.rate = 100.0, 20.0  # units per second per slot
+    assert len(fan.take_batch(fast, 0.0)) == 10  # 10 s of work at 100 units/s
+    assert len(fan.take_batch(slow, 0.0)) == 2
+    for job in list(fan.jobs.values())[:190]:
+        job.state = "done"
+    assert len(fan.take_batch(fast, 0.0)) == 2  # tail: at most ceil(1000 units / 4 slots) = 250 units
+
+
+def test_failed_job_prefers_another_host(tmp_path: Path) -> None:
+    fan = _fan(tmp_path, 1, [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)])
+    fan.jobs["j000"].avoid = ["a"]
+    assert fan.take_batch(fan.hosts["a"], 0.0) == []
+    assert [j.id for j in fan.take_batch(fan.hosts["b"], 0.0)] == ["j000"]
+    fan.hosts["b"].excluded = True  # the only other host is gone: run it where we can
+    assert [j.id for j in fan.take_batch(fan.hosts["a"], 0.0)] == ["j000"]
+
+
+# -- the gpu_job module, run for real ---------------------------------------------------
+def _gpu_job(tmp_path: Path, jobs: list[dict[str, Any]], **args: Any) -> dict[str, Any]:
+    jobs_file = tmp_path / "d1" / "jobs.json"
+    jobs_file.parent.mkdir(parents=True, exist_ok=True)
+    jobs_file.write_text(json.dumps({"jobs": jobs}))
+    module_args = {"jobs_file": str(jobs_file), "state_dir": str(tmp_path / "state"), **args}
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}",
+               ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([str(BIN / "ansible"), "localhost", "-m", "prng.cluster.gpu_job", "-a",
+                           json.dumps(module_args), "-e", f"ansible_python_interpreter={sys.executable}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.index("{"):])  # "localhost | CHANGED => {...}"
+
+
+def test_gpu_job_binding_validation_timeout_and_oom(tmp_path: Path) -> None:
+    report = ("import json,os;print(json.dumps({k: os.environ.get(k) for k in "
+              "('CUDA_VISIBLE_DEVICES','HIP_VISIBLE_DEVICES','ROCR_VISIBLE_DEVICES','FROM_ENV_FILE')}))")
+    out = str(tmp_path / "o.json")
+    writer = f"import json;json.dump([{{'seed': 1}}], open({out!r}, 'w'))"
+    marker = f"prng-test-sleep-{os.getpid()}"
+    env_file = tmp_path / "worker.env"
+    # The env file tries to point the worker at other GPUs: the slot's binding must win (i1).
+    env_file.write_text("export FROM_ENV_FILE=yes\nexport CUDA_VISIBLE_DEVICES=7\nexport ROCR_VISIBLE_DEVICES=5\n")
+    res = _gpu_job(tmp_path, [
+        {"id": "bind", "argv": [sys.executable, "-c", report]},
+        {"id": "ok", "argv": [sys.executable, "-c", writer], "outputs": [{"path": out, "kind": "json_list", "records": 1}]},
+        {"id": "noout", "argv": ["true"], "outputs": [{"path": str(tmp_path / "never.json"), "kind": "json"}]},
+        {"id": "slow", "argv": ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(300)' {marker} & wait"],
+         "timeout": 1},
+        {"id": "oom", "argv": ["sh", "-c", "exit 137"]},
+    ], gpu_type="rocm", gpu_index=2, env_file=str(env_file), kill_grace_seconds=0.5)
+    jobs = {j["id"]: j for j in res["jobs"]}
+    assert jobs["bind"]["summary"] == {"CUDA_VISIBLE_DEVICES": "2", "HIP_VISIBLE_DEVICES": "2",
+                                       "ROCR_VISIBLE_DEVICES": None, "FROM_ENV_FILE": "yes"}
+    assert jobs["ok"]["status"] == "ok" and res["fetch"] == [{"src": out, "job_id": "ok"}]
+    assert jobs["noout"]["status"] == "invalid" and "missing" in jobs["noout"]["reason"]  # exit 0 is not success (i3)
+    assert jobs["slow"]["status"] == "timeout"
+    assert jobs["oom"]["status"] == "oom"
+    # i16: the timeout killed the job's whole process group, not only its first process.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert marker not in ps
+
+
+def test_gpu_job_stagger_spaces_worker_starts(tmp_path: Path) -> None:
+    """Two slots of one host starting at once are spaced by start_stagger_seconds (i9)."""
+    results: list[dict[str, Any]] = []
+
+    def slot(i: int) -> None:
+        d = tmp_path / f"s{i}"
+        d.mkdir()
+        results.append(_gpu_job(d, [{"id": f"j{i}", "argv": ["true"]}], gpu_type="rocm", gpu_index=i,
+                                start_stagger_seconds=1.5, state_dir=str(tmp_path / "state")))
+
+    threads = [threading.Thread(target=slot, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    starts = sorted(r["jobs"][0]["started"] for r in results)
+    assert starts[1] - starts[0] >= 1.4

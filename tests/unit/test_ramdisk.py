@@ -1,0 +1,338 @@
+"""Host-side ramdisk logic (module_utils/ramdisk.py) and the module, on real files in /dev/shm.
+
+Incidents: i12 (sentinel only after every file verified), i13 (content hashes, not
+existence), i14 (clear removes whole step folders, dotfiles too, never outside the root).
+The real-mount thresholds (i25) and transfers over SSH are in tests/integration/test_ramdisk.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "collections"))
+
+from ansible.module_utils.testing import patch_module_args  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd  # noqa: E402
+from ansible_collections.prng.cluster.plugins.modules import ramdisk as mod  # noqa: E402
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
+    path = base / f"prng-unit-{uuid.uuid4().hex[:10]}" / "ramdisk"
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> dict[str, Path]:
+    a = tmp_path / "train_history.json"
+    a.write_text(json.dumps(list(range(2000))))
+    b = tmp_path / "survivors.npz"
+    b.write_bytes(os.urandom(300_000))
+    return {"train_history.json": a, "survivors.npz": b}
+
+
+def entry(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def preload(root: Path, step: str, srcs: dict[str, Path], exclusive: bool = False) -> dict:
+    """What the action plugin does, without the transport: plan, prepare, stage, commit."""
+    expected = [entry(p) for p in srcs.values()]
+    plan = rd.plan_preload(str(root), step, expected, exclusive)
+    if plan["complete"]:
+        return {"plan": plan, "copied": []}
+    rd.prepare_preload(plan)
+    staged = {}
+    for name in plan["needed"]:
+        staged[name] = rd.staged_path(plan["path"], name)
+        shutil.copyfile(srcs[name], staged[name])
+    res = rd.commit_preload(str(root), step, expected, staged)
+    res["plan"] = plan
+    return res
+
+
+def run_module(args: dict) -> dict:
+    buf = io.StringIO()
+    with patch_module_args(args), redirect_stdout(buf), pytest.raises(SystemExit):
+        mod.main()
+    return json.loads(buf.getvalue())
+
+
+# --------------------------------------------------------------------------- preload
+
+
+def test_i12_manifest_written_last_with_sizes_and_hashes(root: Path, sources: dict[str, Path]) -> None:
+    res = preload(root, "step3", sources)
+    assert sorted(res["copied"]) == sorted(sources)
+    manifest = json.loads((root / "step3" / rd.MANIFEST).read_text())
+    assert {f["name"]: (f["size"], f["sha256"]) for f in manifest["files"]} == {
+        n: (entry(p)["size"], entry(p)["sha256"]) for n, p in sources.items()
+    }
+    for name, src in sources.items():
+        assert (root / "step3" / name).read_bytes() == src.read_bytes()
+    # Nothing but the data files and the sentinel is left behind.
+    assert sorted(os.listdir(root / "step3")) == sorted([*sources, rd.MANIFEST])
+    assert rd.status(str(root))["steps"][0]["state"] == "valid"
+
+
+def test_unchanged_rerun_copies_nothing(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step3", sources)
+    before = (root / "step3" / rd.MANIFEST).read_bytes()
+    plan = rd.plan_preload(str(root), "step3", [entry(p) for p in sources.values()])
+    assert plan["complete"] and plan["needed"] == [] and plan["extraneous"] == []
+    assert (root / "step3" / rd.MANIFEST).read_bytes() == before
+
+
+def test_i13_changed_source_only_that_file_recopied(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step3", sources)
+    sources["train_history.json"].write_text(json.dumps(list(range(2001))))
+    res = preload(root, "step3", sources)
+    assert res["copied"] == ["train_history.json"]
+    assert (root / "step3" / "train_history.json").read_bytes() == sources["train_history.json"].read_bytes()
+
+
+def test_i13_same_size_same_mtime_change_found_by_full_verify(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step3", sources)
+    dest = root / "step3" / "survivors.npz"
+    st = dest.stat()
+    data = bytearray(dest.read_bytes())
+    data[100] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))  # hide the change from a quick check
+    expected = [entry(p) for p in sources.values()]
+    assert rd.plan_preload(str(root), "step3", expected, verify="quick")["complete"]
+    full = rd.plan_preload(str(root), "step3", expected, verify="full")
+    assert full["needed"] == ["survivors.npz"]
+    assert rd.status(str(root), verify="full")["steps"][0]["state"] == "damaged"
+
+
+def test_tampered_file_with_new_mtime_is_rehashed(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step3", sources)
+    dest = root / "step3" / "survivors.npz"
+    data = bytearray(dest.read_bytes())
+    data[0] ^= 0xFF
+    dest.write_bytes(bytes(data))
+    plan = rd.plan_preload(str(root), "step3", [entry(p) for p in sources.values()])
+    assert plan["needed"] == ["survivors.npz"]
+    assert rd.status(str(root))["steps"][0]["state"] == "damaged"
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncated", "missing"])
+def test_i12_bad_copy_leaves_no_sentinel(root: Path, sources: dict[str, Path], fault: str) -> None:
+    preload(root, "step3", sources)
+    sources["survivors.npz"].write_bytes(os.urandom(300_000))
+    expected = [entry(p) for p in sources.values()]
+    plan = rd.plan_preload(str(root), "step3", expected)
+    rd.prepare_preload(plan)
+    assert not (root / "step3" / rd.MANIFEST).exists()  # not ready from the first change on
+    staged = {"survivors.npz": rd.staged_path(plan["path"], "survivors.npz")}
+    payload = sources["survivors.npz"].read_bytes()
+    if fault == "corrupt":
+        Path(staged["survivors.npz"]).write_bytes(b"\0" + payload[1:])
+    elif fault == "truncated":
+        Path(staged["survivors.npz"]).write_bytes(payload[:1000])
+    message = {
+        "corrupt": "corrupt: sha256",
+        "truncated": "incomplete: 1000 of 300000",
+        "missing": "never arrived",
+    }
+    with pytest.raises(rd.RamdiskError, match=message[fault]):
+        rd.commit_preload(str(root), "step3", expected, staged)
+    assert not (root / "step3" / rd.MANIFEST).exists()
+    assert not [n for n in os.listdir(root / "step3") if n.startswith(rd.INCOMING)]
+    st = rd.status(str(root))["steps"][0]
+    assert st["state"] == "incomplete" and "no manifest" in " ".join(st["problems"])
+
+
+def test_interrupted_update_then_rerun_uses_previous_records(
+    root: Path, sources: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preload(root, "step3", sources)
+    sources["train_history.json"].write_text("[1, 2, 3]")
+    expected = [entry(p) for p in sources.values()]
+    plan = rd.plan_preload(str(root), "step3", expected)
+    rd.prepare_preload(plan)
+    Path(rd.staged_path(plan["path"], "train_history.json")).write_bytes(b"[1, 2")  # the copy was cut off
+    assert rd.status(str(root))["steps"][0]["state"] == "incomplete"
+    # The unchanged large file is trusted from the previous manifest's records (no re-read);
+    # only the changed one is hashed (new copies always are).
+    hashed: list[str] = []
+    real_hash = rd.hash_file
+    monkeypatch.setattr(rd, "hash_file", lambda p: hashed.append(os.path.basename(p)) or real_hash(p))
+    res = preload(root, "step3", sources)
+    assert res["copied"] == ["train_history.json"]
+    assert "survivors.npz" not in hashed
+    assert rd.status(str(root))["steps"][0]["state"] == "valid"
+    assert sorted(os.listdir(root / "step3")) == sorted([*sources, rd.MANIFEST])
+
+
+def test_extra_files_removed_and_exclusive_purges_other_steps(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step2", {"survivors.npz": sources["survivors.npz"]})
+    (root / "step2" / ".hidden").write_text("x")
+    preload(root, "step3", sources)
+    (root / "step3" / "leftover.json").write_text("{}")
+    assert (root / "step2").exists()
+    res = preload(root, "step3", sources, exclusive=True)
+    assert res["plan"]["purge"] == ["step2"] and res["removed"] == ["leftover.json"]
+    assert sorted(os.listdir(root)) == ["step3"]
+
+
+def test_file_names_must_be_plain_and_unique(root: Path, sources: dict[str, Path]) -> None:
+    e = entry(sources["survivors.npz"])
+    for bad in ("../x", ".manifest.json", "a/b", ""):
+        with pytest.raises(rd.RamdiskError, match="refusing"):
+            rd.plan_preload(str(root), "step3", [dict(e, name=bad)])
+    with pytest.raises(rd.RamdiskError, match="share the name"):
+        rd.plan_preload(str(root), "step3", [e, e])
+    with pytest.raises(rd.RamdiskError, match="thresholds"):
+        rd.plan_preload(str(root), "step3", [e], warn_percent=90, max_percent=80)
+
+
+# --------------------------------------------------------------------------- clear
+
+
+def test_i14_clear_all_removes_dotfiles_and_whole_step_dirs(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step2", {"survivors.npz": sources["survivors.npz"]})
+    preload(root, "step3", sources)
+    (root / ".ready_step3").write_text("old sentinel")
+    plan = rd.plan_clear(str(root))
+    assert sorted(Path(t["path"]).name for t in plan["targets"]) == [".ready_step3", "step2", "step3"]
+    rd.do_clear(plan)
+    assert os.listdir(root) == []
+
+
+def test_i14_clear_one_step_keeps_others(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step2", {"survivors.npz": sources["survivors.npz"]})
+    preload(root, "step3", sources)
+    rd.do_clear(rd.plan_clear(str(root), "step3"))
+    assert os.listdir(root) == ["step2"]
+    assert rd.plan_clear(str(root), "step3")["targets"] == []  # idempotent
+
+
+@pytest.mark.parametrize("bad_root", ["/", "", "   ", "relative/path", "/dev/shm", "/etc", "/tmp", "/dev"])
+def test_i14_clear_refuses_system_empty_and_relative_roots(bad_root: str) -> None:
+    with pytest.raises(rd.RamdiskError, match="refusing"):
+        rd.plan_clear(bad_root)
+
+
+def test_i14_clear_refuses_root_symlinked_to_a_system_dir(tmp_path: Path) -> None:
+    link = tmp_path / "innocent"
+    link.symlink_to("/etc")
+    with pytest.raises(rd.RamdiskError, match="resolves to /etc"):
+        rd.plan_clear(str(link))
+
+
+@pytest.mark.parametrize("bad_step", ["..", "../other", "/etc", "a/../..", "."])
+def test_i14_clear_refuses_steps_outside_root(root: Path, bad_step: str) -> None:
+    with pytest.raises(rd.RamdiskError, match="refusing"):
+        rd.plan_clear(str(root), bad_step)
+
+
+def test_i14_step_symlinked_outside_root_refused_and_target_kept(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data").write_text("keep me")
+    (root / "step9").symlink_to(outside)
+    with pytest.raises(rd.RamdiskError, match="outside the ramdisk root"):
+        rd.plan_clear(str(root), "step9")
+    with pytest.raises(rd.RamdiskError, match="outside the ramdisk root"):
+        rd.plan_preload(str(root), "step9", [])
+    # Clearing everything removes the link itself, never what it points to.
+    rd.do_clear(rd.plan_clear(str(root)))
+    assert os.listdir(root) == [] and (outside / "data").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_states(root: Path, sources: dict[str, Path]) -> None:
+    assert rd.status(str(root))["steps"] == []
+    assert rd.status(str(root), "step3")["steps"][0]["state"] == "absent"
+    preload(root, "step3", sources)
+    expected = [entry(p) for p in sources.values()]
+    st = rd.status(str(root), "step3", expected)
+    assert st["steps"][0]["state"] == "valid" and st["steps"][0]["bytes"] == sum(e["size"] for e in expected)
+    sources["train_history.json"].write_text("[]")
+    st = rd.status(str(root), "step3", [entry(p) for p in sources.values()])["steps"][0]
+    assert st["state"] == "stale" and st["stale_files"] == ["train_history.json"]
+    os.unlink(root / "step3" / "survivors.npz")
+    assert rd.status(str(root), "step3")["steps"][0]["state"] == "damaged"
+    shm = rd.status(str(root))["shm"]
+    assert shm["size_bytes"] > 0 and shm["mount"] in (str(root.parent.parent), "/dev/shm", "/tmp", "/")
+
+
+def test_shm_info_reads_the_real_mount() -> None:
+    info = rd.shm_info("/dev/shm/does/not/exist/yet")
+    st = os.statvfs("/dev/shm")
+    assert info["mount"] == "/dev/shm" and info["fstype"] == "tmpfs"
+    assert info["size_bytes"] == st.f_blocks * st.f_frsize
+
+
+# --------------------------------------------------------------------------- the module
+
+
+def test_module_status_and_clear(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step3", sources)
+    res = run_module({"state": "status", "root": str(root)})
+    assert res["steps"][0]["state"] == "valid" and res["changed"] is False
+    assert res["rows"][0].startswith("step3") and "valid" in res["rows"][0]
+    res = run_module(
+        {"state": "clear", "root": str(root), "_ansible_check_mode": True, "_ansible_diff": True}
+    )
+    assert res["changed"] is True and res["removed"] == [str(root / "step3")]
+    assert "step3" in res["diff"]["before"] and (root / "step3").exists()  # check mode: kept
+    res = run_module({"state": "clear", "root": str(root)})
+    assert res["changed"] is True and not (root / "step3").exists()
+    res = run_module({"state": "clear", "root": str(root)})
+    assert res["changed"] is False
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"root": "/"},
+        {"root": ""},
+        {"root": str(Path("/dev/shm"))},
+        {"root": "/dev/shm/prng-x", "step": "../../etc"},
+    ],
+)
+def test_module_clear_refusals(args: dict) -> None:
+    res = run_module({"state": "clear", **args})
+    assert res["failed"] is True and res["msg"].startswith("refusing")
+
+
+def test_module_preload_check_mode_and_diff_change_nothing(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step3", sources)
+    old = entry(sources["train_history.json"])["sha256"]
+    sources["train_history.json"].write_text("[9]")
+    manifest = [entry(p) for p in sources.values()]
+    res = run_module(
+        {
+            "state": "preload",
+            "root": str(root),
+            "step": "step3",
+            "_manifest": manifest,
+            "_ansible_check_mode": True,
+            "_ansible_diff": True,
+        }
+    )
+    assert res["changed"] is True and res["needed"] == ["train_history.json"]
+    new = entry(sources["train_history.json"])["sha256"]
+    assert old in res["diff"]["before"] and new not in res["diff"]["before"] and new in res["diff"]["after"]
+    assert (root / "step3" / rd.MANIFEST).exists()  # check mode keeps the sentinel

@@ -1,0 +1,231 @@
+"""Affine congruential families: java_lcg, minstd, lcg32, pcg32 (and the LCG core of java_random).
+
+T(x) = (a*x + c) mod M is affine, so T^k(x) = A_k*x + C_k mod M: a skip of any size costs one
+multiply-add ("jump-ahead"). The vectorised form computes those constants per seed with
+binary exponentiation, then fills blocks of draws with one (n, B) multiply-add each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from prng_workers.families.base import (
+    MASK32,
+    MASK48,
+    MASK64,
+    Family,
+    as_seed_array,
+    as_skip_array,
+    check_params,
+)
+
+P31 = (1 << 31) - 1
+BLOCK = 64
+
+
+class Affine:
+    """Arithmetic of x -> a*x + c mod M on uint64 arrays (M = 2^48, 2^64 or 2^31-1)."""
+
+    def __init__(self, a: int, c: int, mod: int) -> None:
+        self.a, self.c, self.mod = a, c, mod
+        self.pow2 = mod & (mod - 1) == 0
+
+    def mul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            r = x * y  # wraps mod 2^64; operands < 2^31 for the prime modulus
+        if self.mod == 1 << 64:
+            return r
+        return r & np.uint64(self.mod - 1) if self.pow2 else r % np.uint64(self.mod)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            r = x + y
+        if self.mod == 1 << 64:
+            return r
+        return r & np.uint64(self.mod - 1) if self.pow2 else r % np.uint64(self.mod)
+
+    def jump(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(A, C) arrays with T^k(x) = A*x + C, one k per entry (k >= 0)."""
+        kk = np.asarray(k, dtype=np.int64).copy()
+        A = np.ones(kk.shape, dtype=np.uint64)
+        C = np.zeros(kk.shape, dtype=np.uint64)
+        ba = np.full(kk.shape, self.a % self.mod, dtype=np.uint64)
+        bc = np.full(kk.shape, self.c % self.mod, dtype=np.uint64)
+        while kk.size and kk.max() > 0:
+            bit = (kk & 1).astype(bool)
+            if bit.any():
+                A[bit] = self.mul(ba[bit], A[bit])
+                C[bit] = self.add(self.mul(ba[bit], C[bit]), bc[bit])
+            bc = self.add(self.mul(ba, bc), bc)
+            ba = self.mul(ba, ba)
+            kk >>= 1
+        return A, C
+
+    def jump_int(self, k: int) -> tuple[int, int]:
+        """Python-int constants of T^k (used by the compiled and GPU backends)."""
+        A, C, ba, bc = 1, 0, self.a % self.mod, self.c % self.mod
+        while k > 0:
+            if k & 1:
+                A, C = ba * A % self.mod, (ba * C + bc) % self.mod
+            ba, bc = ba * ba % self.mod, (ba * bc + bc) % self.mod
+            k >>= 1
+        return A, C
+
+    def states_at(self, x0: np.ndarray, skip: np.ndarray, count: int, first: int) -> Iterator[
+            tuple[int, np.ndarray]]:
+        """Yield (i0, X) blocks: X[:, j] = T^(first + (i0+j+1)(s+1))(x0), s = per-seed skip.
+
+        `first` is the offset (offset-1 when the output is read before the step)."""
+        uniq, inv = np.unique(skip, return_inverse=True)
+        stride = uniq + 1
+        a0, c0 = self.jump(first + stride)
+        a0, c0 = a0[inv], c0[inv]
+        x = self.add(self.mul(a0, x0), c0)
+        width = min(BLOCK, max(count, 1))
+        a1, c1 = self.jump(stride)
+        ta = np.empty((uniq.size, width), dtype=np.uint64)
+        tc = np.empty((uniq.size, width), dtype=np.uint64)
+        ta[:, 0], tc[:, 0] = 1, 0
+        for j in range(1, width):
+            ta[:, j] = self.mul(a1, ta[:, j - 1])
+            tc[:, j] = self.add(self.mul(a1, tc[:, j - 1]), c1)
+        ab, cb = self.jump(stride * width)
+        ta, tc, ab, cb = ta[inv], tc[inv], ab[inv], cb[inv]
+        for i0 in range(0, count, width):
+            w = min(width, count - i0)
+            yield i0, self.add(self.mul(ta[:, :w], x[:, None]), tc[:, :w])
+            x = self.add(self.mul(ab, x), cb)
+
+
+class AffineFamily(Family):
+    """A family whose step is affine mod M; subclasses give init and output g."""
+
+    a: int = 0
+    c: int = 0
+    mod: int = 1
+    #: pcg32 reads its output from the state before the step
+    output_before_step: bool = False
+
+    def __init__(self) -> None:
+        self.lcg = Affine(self.a, self.c, self.mod)
+
+    # scalar parts
+    def init_int(self, seed: int) -> int:
+        raise NotImplementedError
+
+    def out_int(self, x: int) -> int:
+        raise NotImplementedError
+
+    # vectorised parts
+    def init_np(self, seeds: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def out_np(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def stream(self, seed: int, m: int) -> Iterator[int]:
+        x = self.init_int(seed)
+        while True:
+            before = x
+            x = (self.a * x + self.c) % self.mod
+            yield self.out_int(before if self.output_before_step else x) % m
+
+    def draws(self, seeds: Any, count: int, m: int, skip: Any = 0, offset: int = 0) -> np.ndarray:
+        check_params(count, m, offset, self.max_mod)
+        s = as_seed_array(seeds)
+        sk = as_skip_array(skip, s.size)
+        out = np.empty((s.size, count), dtype=np.int64)
+        if s.size == 0 or count == 0:
+            return out
+        first = int(offset) - (1 if self.output_before_step else 0)
+        mm = np.uint64(m)
+        for i0, X in self.lcg.states_at(self.init_np(s), sk, count, first):
+            out[:, i0:i0 + X.shape[1]] = self.out_np(X) % mm
+        return out
+
+
+class JavaLCG(AffineFamily):
+    name = "java_lcg"
+    description = "java.util.Random's 48-bit LCG, seed used as the raw state, output bits 16..47"
+    a, c, mod = 25214903917, 11, 1 << 48
+
+    def init_int(self, seed: int) -> int:
+        return seed & MASK48
+
+    def out_int(self, x: int) -> int:
+        return (x >> 16) & MASK32
+
+    def init_np(self, seeds: np.ndarray) -> np.ndarray:
+        return seeds & np.uint64(MASK48)
+
+    def out_np(self, x: np.ndarray) -> np.ndarray:
+        return (x >> np.uint64(16)) & np.uint64(MASK32)
+
+
+class Minstd(AffineFamily):
+    name = "minstd"
+    description = "std::minstd_rand: x = 48271*x mod (2^31-1)"
+    a, c, mod = 48271, 0, P31
+
+    def init_int(self, seed: int) -> int:
+        return (seed % P31) or 1
+
+    def out_int(self, x: int) -> int:
+        return x
+
+    def init_np(self, seeds: np.ndarray) -> np.ndarray:
+        x = seeds % np.uint64(P31)
+        x[x == 0] = 1
+        return x
+
+    def out_np(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+class Lcg32(AffineFamily):
+    name = "lcg32"
+    description = "x = (1103515245*x + 12345) mod 0x7FFFFFFF in 64-bit arithmetic, seed = u32"
+    a, c, mod = 1103515245, 12345, P31
+
+    def init_int(self, seed: int) -> int:
+        return seed & MASK32  # the step reduces mod 2^31-1, so T(x) == T(x mod (2^31-1))
+
+    def out_int(self, x: int) -> int:
+        return x
+
+    def init_np(self, seeds: np.ndarray) -> np.ndarray:
+        return (seeds & np.uint64(MASK32)) % np.uint64(P31)
+
+    def out_np(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+def xsh_rr_int(s: int) -> int:
+    xs = (((s >> 18) ^ s) >> 27) & MASK32
+    rot = s >> 59
+    return ((xs >> rot) | (xs << ((-rot) & 31))) & MASK32
+
+
+class Pcg32(AffineFamily):
+    name = "pcg32"
+    description = "PCG32 XSH-RR, state = seed, inc = 1442695040888963407, output of the state before the step"
+    a, c, mod = 6364136223846793005, 1442695040888963407, 1 << 64
+    output_before_step = True
+
+    def init_int(self, seed: int) -> int:
+        return seed & MASK64
+
+    def out_int(self, x: int) -> int:
+        return xsh_rr_int(x)
+
+    def init_np(self, seeds: np.ndarray) -> np.ndarray:
+        return seeds.copy()
+
+    def out_np(self, x: np.ndarray) -> np.ndarray:
+        xs = (((x >> np.uint64(18)) ^ x) >> np.uint64(27)) & np.uint64(MASK32)
+        rot = x >> np.uint64(59)
+        left = (np.uint64(32) - rot) & np.uint64(31)
+        return ((xs >> rot) | (xs << left)) & np.uint64(MASK32)

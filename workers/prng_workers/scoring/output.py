@@ -1,0 +1,149 @@
+"""The `survivors_with_scores` record layout, as columns (NPZ) and as records (JSON).
+
+Record: {"seed", "score", "features": {...}, "holdout_hits", "holdout_quality",
+"metadata": {"family", "m", "host", "gpu", "job_id", <every input field>}}.
+Columns (NPZ): `seeds` (uint64), `score`, `holdout_hits`, `holdout_quality`,
+`feature.<name>` (float64) and `metadata.<name>`.
+
+Every field of the input survivor record except its seed goes to `metadata` unchanged;
+numeric ones are also features `meta_<name>` (spec: metadata feature group). An input
+field that collides with a run field (host, gpu, job_id) is kept as
+`metadata.survivor_<name>`; `family` and `m` must agree with the run (checked by the CLI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from prng_workers.errors import InputError
+from prng_workers.scoring import features
+
+FEATURE = "feature."
+META = "metadata."
+TOP = ("score", "holdout_hits", "holdout_quality")
+RUN_META = ("family", "m", "host", "gpu", "job_id")
+SEED_KEYS = ("seeds", "seed")
+# holdout features that live inside `features` (hits and quality are top-level fields)
+HOLDOUT_IN_FEATURES = ("holdout_lane_consistency", "holdout_coherence")
+
+
+def is_numeric(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "iufb"
+
+
+def seed_column(cols: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    for key in SEED_KEYS:
+        if key in cols:
+            seeds = np.asarray(cols[key])
+            if seeds.dtype.kind not in "iu":
+                raise InputError(f"survivors column {key!r} must hold integers, got {seeds.dtype}")
+            if seeds.dtype.kind == "i" and seeds.size and int(seeds.min()) < 0:
+                raise InputError("survivor seeds must be >= 0")
+            return key, seeds.astype(np.uint64)  # uint64 end to end (i27)
+    raise InputError("survivors have no 'seed'/'seeds' field (required)")
+
+
+def build_columns(seeds: np.ndarray, train: np.ndarray, holdout: np.ndarray,
+                  inputs: dict[str, np.ndarray], run_meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Output columns of one chunk; `inputs` = the survivors' columns (all copied through)."""
+    count = int(seeds.size)
+    cols: dict[str, np.ndarray] = {"seeds": np.asarray(seeds, dtype=np.uint64)}
+    cols["score"] = train[:, features.COL["score"]].copy()
+    cols["holdout_hits"] = holdout[:, features.HCOL["holdout_hits"]].copy()
+    cols["holdout_quality"] = holdout[:, features.HCOL["holdout_quality"]].copy()
+    for name in features.TRAIN_FEATURES:
+        if name != "score":
+            cols[FEATURE + name] = train[:, features.COL[name]].copy()
+    for name in HOLDOUT_IN_FEATURES:
+        cols[FEATURE + name] = holdout[:, features.HCOL[name]].copy()
+    for key, value in run_meta.items():
+        cols[META + key] = np.full(count, "" if value is None else value)
+    for key, arr in inputs.items():
+        if key in SEED_KEYS:
+            continue
+        arr = np.asarray(arr)
+        if arr.shape[:1] != (count,):
+            raise InputError(f"survivors field {key!r} has {arr.shape[:1]} values for {count} seeds")
+        out_key = f"survivor_{key}" if key in ("host", "gpu", "job_id") else key
+        cols[META + out_key] = arr
+        if is_numeric(arr) and arr.ndim == 1:
+            cols[FEATURE + "meta_" + key] = arr.astype(np.float64)
+    return cols
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def columns_to_records(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """JSON-ready records from columns (Python ints/floats/strs)."""
+    seeds = [int(s) for s in cols["seeds"].tolist()]
+    feat = {k[len(FEATURE):]: cols[k].tolist() for k in cols if k.startswith(FEATURE)}
+    meta = {k[len(META):]: cols[k].tolist() for k in cols if k.startswith(META)}
+    top = {k: cols[k].tolist() for k in TOP}
+    extra = {k: cols[k].tolist() for k in cols
+             if k not in TOP and k != "seeds" and not k.startswith((FEATURE, META))}
+    records = []
+    for i, seed in enumerate(seeds):
+        rec: dict[str, Any] = {"seed": seed, "score": top["score"][i],
+                               "features": {k: _plain(v[i]) for k, v in feat.items()},
+                               "holdout_hits": top["holdout_hits"][i],
+                               "holdout_quality": top["holdout_quality"][i],
+                               "metadata": {k: _plain(v[i]) for k, v in meta.items()}}
+        for k, v in extra.items():
+            rec[k] = _plain(v[i])
+        records.append(rec)
+    return records
+
+
+def records_to_columns(records: list[dict[str, Any]], where: str) -> dict[str, np.ndarray]:
+    """Columns from scored JSON records; every record must have the same fields."""
+    if not isinstance(records, list):
+        raise InputError(f"{where}: expected a JSON list of scored records")
+    if not records:
+        return {}
+    first = records[0]
+    fkeys = list(first.get("features", {}))
+    mkeys = list(first.get("metadata", {}))
+    cols: dict[str, list[Any]] = {"seeds": [], **{k: [] for k in TOP}}
+    cols.update({FEATURE + k: [] for k in fkeys})
+    cols.update({META + k: [] for k in mkeys})
+    for i, rec in enumerate(records):
+        try:
+            cols["seeds"].append(int(rec["seed"]))
+            for k in TOP:
+                cols[k].append(float(rec[k]))
+            if set(rec["features"]) != set(fkeys) or set(rec["metadata"]) != set(mkeys):
+                raise KeyError("features/metadata fields differ from record 0")
+            for k in fkeys:
+                cols[FEATURE + k].append(rec["features"][k])
+            for k in mkeys:
+                cols[META + k].append(rec["metadata"][k])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: record {i} is not a scored record ({exc})") from None
+    out = {k: np.asarray(v) for k, v in cols.items() if k != "seeds"}
+    out["seeds"] = np.asarray(cols["seeds"], dtype=np.uint64)
+    return out
+
+
+def write_npz_in_order(path: str, cols: dict[str, np.ndarray], params: dict[str, Any]) -> None:
+    """NPZ + sidecar in the `prng_workers.formats` layout, rows kept in the given order.
+
+    `formats.write_survivors` sorts rows by seed; `survivors_with_scores` is sorted by
+    score, so the aggregate writes through here (same sidecar: schema_version, count,
+    fields, params, npz_sha256; read back by `formats.read_survivors`/`count_survivors`)."""
+    import hashlib
+
+    from prng_workers import formats
+    from prng_workers.atomic import atomic_path, atomic_write_json
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **cols)  # uncompressed: members can be memory-mapped
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        meta = {"schema_version": formats.SCHEMA_VERSION, "count": int(cols["seeds"].shape[0]),
+                "fields": {k: v.dtype.str for k, v in cols.items()}, "params": params,
+                "npz_sha256": digest}
+        atomic_write_json(formats.sidecar_path(path), meta, indent=1)
