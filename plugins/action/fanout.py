@@ -1,11 +1,9 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 
 from __future__ import annotations
 
 # Documentation: plugins/modules/fanout.py (ansible-doc prng.cluster.fanout).
-
 import os
 import time
 import uuid
@@ -16,6 +14,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import manifest as manifest_mod
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.dispatcher import (
+    PoolDispatcher,
     RunnerDispatcher,
     SlotDispatcher,
     runner_envvars,
@@ -30,6 +29,7 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import
     PlanError,
     load_memory_model,
     make_plan,
+    model_backend,
     pick_chunk_size,
     predict_peak_mb,
     slots_for,
@@ -62,15 +62,20 @@ class ActionModule(ActionBase):
         venv = str(get("worker_venv", prng_home + "/venv")).rstrip("/")
         backend = str(get("worker_backend", "numpy"))
         return HostSpec(
-            name=name, gpu_type=gpu_type, gpu_count=int(get("gpu_count", 0)),
+            name=name,
+            gpu_type=gpu_type,
+            gpu_count=int(get("gpu_count", 0)),
             max_concurrent_jobs=int(get("max_concurrent_jobs", 1)),
             memory_available_mb=_num(hv.get("prng_memory_available_mb"), 0.0) or None,
             memory_margin_pct=_num(get("memory_margin_pct", 20), 20.0),
             start_stagger_seconds=_num(get("start_stagger_seconds", 0), 0.0),
-            prng_home=prng_home, worker_bin=venv + "/bin",
+            prng_home=prng_home,
+            worker_bin=venv + "/bin",
             input_dir=str(get("fanout_input_dir", input_dir)).rstrip("/"),
             env_file=str(get("worker_env_file", prng_home + "/worker.env")),
-            backend=backend, device=str(get("worker_device", "cuda" if backend not in ("numpy", "cpu") else "cpu")))
+            backend=backend,
+            device=str(get("worker_device", "auto")),
+        )
 
     def run(self, tmp: Any = None, task_vars: Any = None) -> Dict[str, Any]:
         result = super().run(tmp, task_vars)
@@ -80,20 +85,20 @@ class ActionModule(ActionBase):
             return dict(result, changed=False, skipped=True, msg="fan-out runs jobs: skipped in check mode")
         for key in ("plan", "params", "run_dir", "hosts"):
             if not args.get(key):
-                raise AnsibleActionFail("fanout: %s is required" % key)
+                raise AnsibleActionFail(f"fanout: {key} is required")
         run_dir = os.path.abspath(os.path.expanduser(str(args["run_dir"])))
         params: Dict[str, Any] = dict(args["params"])
         user_settings = dict(args.get("settings") or {})
         known = set(Settings.__dataclass_fields__)
         unknown = sorted(set(user_settings) - known)
         if unknown:
-            raise AnsibleActionFail("fanout: unknown settings %s (known: %s)" % (unknown, sorted(known)))
+            raise AnsibleActionFail(f"fanout: unknown settings {unknown} (known: {sorted(known)})")
         settings = Settings(**{k: type(getattr(Settings, k))(v) for k, v in user_settings.items()})
         try:
             os.makedirs(run_dir, exist_ok=True)
             lock = self._lock(run_dir)
         except OSError as exc:
-            raise AnsibleActionFail("fanout: %s" % exc)
+            raise AnsibleActionFail(f"fanout: {exc}") from None
         try:
             return self._run(result, task_vars, args, run_dir, params, settings)
         finally:
@@ -113,11 +118,18 @@ class ActionModule(ActionBase):
             except BlockingIOError:
                 if time.time() > deadline:
                     fh.close()
-                    raise OSError("run folder %s is in use by another fan-out" % run_dir)
+                    raise OSError(f"run folder {run_dir} is in use by another fan-out") from None
                 time.sleep(0.5)
 
-    def _run(self, result: Dict[str, Any], task_vars: Any, args: Any, run_dir: str, params: Dict[str, Any],
-             settings: Settings) -> Dict[str, Any]:
+    def _run(
+        self,
+        result: Dict[str, Any],
+        task_vars: Any,
+        args: Any,
+        run_dir: str,
+        params: Dict[str, Any],
+        settings: Settings,
+    ) -> Dict[str, Any]:
         try:
             plan = make_plan(str(args["plan"]), params)
             hostvars = task_vars["hostvars"]
@@ -126,22 +138,27 @@ class ActionModule(ActionBase):
                 names = [n.strip() for n in names.split(",") if n.strip()]
             missing = [n for n in names if n not in hostvars]
             if missing:
-                raise PlanError("hosts not in the inventory: %s" % ", ".join(missing))
+                raise PlanError("hosts not in the inventory: {}".format(", ".join(missing)))
             hosts = [self.host_spec(h, hostvars, str(args.get("input_dir") or "")) for h in names]
+            for host in hosts:
+                plan.adapt_host(host)
             self._size(plan, params, hosts)
             inputs = hash_inputs(plan.inputs())
             journal = Journal(run_dir)
             resumed = False
             if journal.exists() and args.get("fresh_run"):
-                aside = "%s.prev-%s" % (run_dir, journal.header().get("run_id", int(time.time())))
+                aside = "{}.prev-{}".format(run_dir, journal.header().get("run_id", int(time.time())))
                 os.rename(run_dir, aside)
-                display.display("fan-out: earlier run moved aside to %s" % aside)
+                display.display(f"fan-out: earlier run moved aside to {aside}")
             if journal.exists():
                 journal.check_inputs(inputs)
                 header = journal.header()
                 if header.get("plan") != args["plan"]:
-                    raise ResumeRefused("run folder %s holds a %s run, not %s"
-                                        % (run_dir, header.get("plan"), args["plan"]))
+                    raise ResumeRefused(
+                        "run folder {} holds a {} run, not {}".format(
+                            run_dir, header.get("plan"), args["plan"]
+                        )
+                    )
                 jobs = journal.load()
                 for job in jobs.values():
                     if job.state == "failed":  # a new run gives failed jobs a fresh chance
@@ -150,34 +167,57 @@ class ActionModule(ActionBase):
                         job.state = "queued"
                 resumed = True
                 done = sum(1 for j in jobs.values() if j.state == "done")
-                display.display("fan-out: resuming run %s in %s: %d of %d jobs already done"
-                                % (header["run_id"], run_dir, done, sum(1 for j in jobs.values() if j.state != "split")))
+                display.display(
+                    f"fan-out: resuming run {header['run_id']} in {run_dir}: {done} of "
+                    f"{sum(1 for j in jobs.values() if j.state != 'split')} jobs already done"
+                )
             else:
                 job_list = plan.make_jobs()
-                header = {"run_id": time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
-                          "created": round(time.time(), 3), "plan": args["plan"], "params": params,
-                          "inputs": inputs}
+                header = {
+                    "run_id": time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
+                    "created": round(time.time(), 3),
+                    "plan": args["plan"],
+                    "params": params,
+                    "inputs": inputs,
+                }
                 journal.create(header, job_list)
                 jobs = {j.id: j for j in job_list}
         except (PlanError, ResumeRefused, FileNotFoundError, ValueError, KeyError) as exc:
-            raise AnsibleActionFail("fanout: %s" % exc)
+            raise AnsibleActionFail(f"fanout: {exc}") from None
 
-        display.display("fan-out: %d jobs over %s" % (
-            sum(1 for j in jobs.values() if j.state != "split"),
-            ", ".join("%s (%d slots)" % (h.name, h.slots) for h in hosts)))
+        display.display(
+            f"fan-out: {sum(1 for j in jobs.values() if j.state != 'split')} jobs over "
+            + ", ".join(f"{h.name} ({h.slots} slots)" for h in hosts)
+        )
         from ansible import constants as C
         from ansible.utils.collection_loader import AnsibleCollectionConfig
 
-        if settings.transport not in ("slot", "dispatch"):
-            raise AnsibleActionFail("fanout: settings.transport must be 'slot' or 'dispatch'")
-        kind = SlotDispatcher if settings.transport == "slot" else RunnerDispatcher
+        kinds = {"pool": PoolDispatcher, "slot": SlotDispatcher, "dispatch": RunnerDispatcher}
+        if settings.transport not in kinds:
+            raise AnsibleActionFail("fanout: settings.transport must be one of pool, slot, dispatch")
+        kind = kinds[settings.transport]
         dispatcher = kind(
-            run_dir, header["run_id"], list(task_vars.get("ansible_inventory_sources") or []),
-            runner_envvars(C.CONFIG_FILE, list(AnsibleCollectionConfig.collection_paths)))
-        fan = FanOut(run_dir, plan, hosts, jobs, journal, dispatcher.run, settings,
-                     display.display, cancel=dispatcher.cancel, cleanup=dispatcher.cleanup)
+            run_dir,
+            header["run_id"],
+            list(task_vars.get("ansible_inventory_sources") or []),
+            runner_envvars(C.CONFIG_FILE, list(AnsibleCollectionConfig.collection_paths)),
+        )
+        fan = FanOut(
+            run_dir,
+            plan,
+            hosts,
+            jobs,
+            journal,
+            dispatcher.run,
+            settings,
+            display.display,
+            cancel=dispatcher.cancel,
+            cleanup=dispatcher.cleanup,
+        )
         session_started = time.time()
         try:
+            if isinstance(dispatcher, PoolDispatcher) and any(j.state == "queued" for j in jobs.values()):
+                dispatcher.start_pool(hosts)
             fan.run()
             now = time.time()
             dispatcher.finish([h.spec for h in fan.hosts.values() if h.live(now)])
@@ -186,32 +226,47 @@ class ActionModule(ActionBase):
             manifest = manifest_mod.build(header, fan, session_started)
             path = manifest_mod.write(run_dir, manifest)
         outputs = [os.path.join(run_dir, o["path"]) for o in manifest["outputs"]]
-        return dict(result, changed=True, complete=manifest["complete"], jobs=manifest["jobs"],
-                    outputs=outputs, manifest=path, resumed=resumed, run_dir=run_dir,
-                    hosts={n: {"slots": h["slots"], "jobs_done": h["jobs_done"], "jobs_failed": h["jobs_failed"]}
-                           for n, h in manifest["hosts"].items()},
-                    timings=manifest["timings"], failures=manifest["failures"][-20:])
+        return dict(
+            result,
+            changed=True,
+            complete=manifest["complete"],
+            jobs=manifest["jobs"],
+            outputs=outputs,
+            manifest=path,
+            resumed=resumed,
+            run_dir=run_dir,
+            hosts={
+                n: {"slots": h["slots"], "jobs_done": h["jobs_done"], "jobs_failed": h["jobs_failed"]}
+                for n, h in manifest["hosts"].items()
+            },
+            timings=manifest["timings"],
+            failures=manifest["failures"][-20:],
+        )
 
     @staticmethod
     def _outputs_present(run_dir: str, job: Any) -> bool:
-        return all(os.path.exists(os.path.join(run_dir, o["path"])) for o in job.result.get("outputs", [])) \
-            and bool(job.result.get("outputs"))
+        return all(
+            os.path.exists(os.path.join(run_dir, o["path"])) for o in job.result.get("outputs", [])
+        ) and bool(job.result.get("outputs"))
 
     @staticmethod
     def _size(plan: Any, params: Dict[str, Any], hosts: List[HostSpec]) -> None:
         """Chunk size and slots from the measured memory model and each host's limit."""
-        worker_mb = 0.0
-        if plan.kind == "score":
-            model = load_memory_model(params.get("memory_model"))
-            backend = hosts[0].backend if hosts else "numpy"
-            model_backend = "torch" if backend not in ("numpy", "cpu") else "numpy"
-            n_draws = plan.n_draws()
-            wanted = int(params.get("chunk_size", 1000))
-            params["chunk_size"] = pick_chunk_size(hosts, model, model_backend, wanted, n_draws)
-            if params["chunk_size"] != wanted:
-                display.display("fan-out: chunk_size %d -> %d so every slot fits in memory"
-                                % (wanted, params["chunk_size"]))
-            worker_mb = predict_peak_mb(model, model_backend, params["chunk_size"], n_draws)
-            params["worker_mb"] = round(worker_mb, 1)
+        if plan.kind != "score":
+            for host in hosts:
+                slots_for(host, 0.0)
+            return
+        model = load_memory_model(params.get("memory_model"))
+        n_draws = plan.n_draws()
+        wanted = int(params.get("chunk_size", 1000))
+        params["chunk_size"] = pick_chunk_size(hosts, model, None, wanted, n_draws)
+        if params["chunk_size"] != wanted:
+            display.display(
+                f"fan-out: chunk_size {wanted} -> {params['chunk_size']} so every slot fits in memory"
+            )
+        worker_mb = {}
         for host in hosts:
-            slots_for(host, worker_mb)
+            mb = predict_peak_mb(model, model_backend(host), params["chunk_size"], n_draws)
+            worker_mb[host.name] = round(mb, 1)
+            slots_for(host, mb)
+        params["worker_mb"] = worker_mb

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import uuid
 
 from ansible.errors import AnsibleError
@@ -92,10 +93,16 @@ class ActionModule(ActionBase):
             src = to_text(item)
             if not src:
                 raise AnsibleError("an entry of files is empty")
-            found = src if os.path.isabs(src) else self._find_needle("files", src)
+            found = src
+            if not os.path.isabs(src) and not os.path.isfile(src):
+                # Relative: the working directory first, then the role/playbook files/ search path.
+                try:
+                    found = self._find_needle("files", src)
+                except AnsibleError:
+                    found = src
             if not os.path.isfile(found):
                 raise AnsibleError(f"source file not found on the controller: {src}")
-            paths.append(found)
+            paths.append(os.path.abspath(found))
         names = [os.path.basename(p) for p in paths]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -112,6 +119,7 @@ class ActionModule(ActionBase):
         files = args.pop("files", None)
         if isinstance(files, str):
             files = [f.strip() for f in files.split(",") if f.strip()]
+        t0 = time.monotonic()
         try:
             if state == "preload" and not files:
                 raise AnsibleError("state=preload needs files (a list of controller paths)")
@@ -124,16 +132,22 @@ class ActionModule(ActionBase):
         if state != "preload":
             result.update(self._execute_module(module_args=args, task_vars=task_vars))
             return result
-        return self._preload(result, args, paths, manifest, task_vars)
+        timing = {"hash_s": round(time.monotonic() - t0, 3)}
+        return self._preload(result, args, paths, manifest, task_vars, timing)
 
-    def _preload(self, result: dict, args: dict, paths: list[str], manifest: list[dict], task_vars) -> dict:
+    def _preload(
+        self, result: dict, args: dict, paths: list[str], manifest: list[dict], task_vars, timing: dict
+    ) -> dict:
+        t0 = time.monotonic()
         prep = self._execute_module(module_args=dict(args, _phase="prepare"), task_vars=task_vars)
-        result.update(prep)
+        timing["prepare_s"] = round(time.monotonic() - t0, 3)
+        result.update(prep, timing=timing)
         if prep.get("failed") or prep.get("complete") or self._task.check_mode:
             return result
         by_name = dict(zip([m["name"] for m in manifest], paths, strict=True))
         step_dir = prep["step_path"]
         staged: dict[str, str] = {}
+        t0 = time.monotonic()
         try:
             for name in prep["needed"]:
                 remote = f"{step_dir}/.incoming-{name}.{uuid.uuid4().hex[:12]}"
@@ -152,9 +166,12 @@ class ActionModule(ActionBase):
                 aborted=aborted.get("removed", []),
             )
             return result
+        timing["transfer_s"] = round(time.monotonic() - t0, 3)
+        t0 = time.monotonic()
         commit = self._execute_module(
             module_args=dict(args, _phase="commit", _staged=staged), task_vars=task_vars
         )
+        timing["commit_s"] = round(time.monotonic() - t0, 3)
         diff = result.get("diff")
         result.update(commit)
         if diff is not None:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """The diagnostic battery of seed 002 §8.6 as findings with a severity and an action.
@@ -12,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 MIB = 1024 * 1024
@@ -29,32 +28,32 @@ def worst(findings: List[Dict[str, str]]) -> str:
 def memory_findings(mem: Dict[str, Any], min_available_mb: float) -> List[Dict[str, str]]:
     out = []
     avail, limit = mem["available_mb"], mem["limit_mb"]
-    where = "%s limit" % mem["limit_source"].replace("_", " ")
+    where = "{} limit".format(mem["limit_source"].replace("_", " "))
     if mem["limit_source"] != "meminfo":
         out.append(finding("memory_limit", "info",
-                           "cgroup limit %d MiB is below the host's %d MiB (free -h shows the host, i26)"
-                           % (limit, mem["host_total_mb"]),
-                           "Plan workers against %d MiB, not the host's RAM" % limit))
+                           f"cgroup limit {limit} MiB is below the host's {mem['host_total_mb']} MiB"
+                           " (free -h shows the host, i26)",
+                           f"Plan workers against {limit} MiB, not the host's RAM"))
     if avail < min_available_mb:
         out.append(finding("memory", "warning",
-                           "%d MiB available of %d MiB (%s), below %d MiB: OOM risk"
-                           % (avail, limit, where, min_available_mb),
+                           f"{avail} MiB available of {limit} MiB ({where}), "
+                           f"below {min_available_mb:g} MiB: OOM risk",
                            "Reduce chunk_size or concurrent workers"))
     else:
-        out.append(finding("memory", "ok", "%d MiB available of %d MiB (%s)" % (avail, limit, where)))
+        out.append(finding("memory", "ok", f"{avail} MiB available of {limit} MiB ({where})"))
     return out
 
 
 def shm_findings(shm: Dict[str, Any], warn_pct: float, crit_pct: float) -> List[Dict[str, str]]:
     if not shm.get("present"):
-        return [finding("shm", "critical", "%s missing: %s" % (shm.get("path"), shm.get("error", "")),
+        return [finding("shm", "critical", "{} missing: {}".format(shm.get("path"), shm.get("error", "")),
                         "Mount a tmpfs at /dev/shm")]
-    text = "%s %d/%d MiB used (%.1f%%)" % (shm["path"], shm["used_mb"], shm["size_mb"], shm["used_pct"])
+    text = f"{shm['path']} {shm['used_mb']}/{shm['size_mb']} MiB used ({shm['used_pct']:.1f}%)"
     if shm["used_pct"] >= crit_pct:
-        return [finding("shm", "critical", text + ", above %g%%: preload refused" % crit_pct,
+        return [finding("shm", "critical", text + f", above {crit_pct:g}%: preload refused",
                         "Clear old steps: ansible-playbook playbooks/ramdisk_clear.yml")]
     if shm["used_pct"] >= warn_pct:
-        return [finding("shm", "warning", text + ", above %g%%" % warn_pct,
+        return [finding("shm", "warning", text + f", above {warn_pct:g}%",
                         "Clear steps no longer needed: ansible-playbook playbooks/ramdisk_clear.yml")]
     return [finding("shm", "ok", text)]
 
@@ -70,33 +69,36 @@ def _gpu_action(problems: List[str]) -> str:
     return "Check the GPU"
 
 
-def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: Optional[str] = None) -> List[Dict[str, str]]:
+def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: str | None = None) -> List[Dict[str, str]]:
     out = []
+    set_mode = "Set DEFAULT: ansible-playbook playbooks/setup.yml -e gpu_env_set_compute_mode=true"
     if gpu["count"] < expected:
-        out.append(finding("gpu_count", "critical", "%d of %d expected GPUs found" % (gpu["count"], expected),
+        out.append(finding("gpu_count", "critical", f"{gpu['count']} of {expected} expected GPUs found",
                            "Check risers, power and seating of the missing GPUs; reboot"))
     for g in gpu["gpus"]:
         hard = [p for p in g["problems"] if "compute mode" not in p and "sysfs only" not in p]
         mode = [p for p in g["problems"] if "compute mode" in p]
         if hard and not g["healthy"]:
-            out.append(finding("gpu_health", "critical", "GPU %s (%s): %s" % (g["index"], g.get("pci_bus"), "; ".join(hard)),
-                               _gpu_action(hard)))
+            text = f"GPU {g['index']} ({g.get('pci_bus')}): " + "; ".join(hard)
+            out.append(finding("gpu_health", "critical", text, _gpu_action(hard)))
         if mode:
-            out.append(finding("gpu_compute_mode", "warning", "GPU %s: %s" % (g["index"], mode[0]),
-                               "Set DEFAULT: ansible-playbook playbooks/setup.yml -e gpu_env_set_compute_mode=true"))
+            out.append(finding("gpu_compute_mode", "warning", f"GPU {g['index']}: {mode[0]}", set_mode))
     for err in gpu.get("errors", []):
         out.append(finding("gpu_tool", "warning", err, "Check the GPU driver / ROCm or CUDA installation"))
     if gpu["tool"] == "sysfs":
-        out.append(finding("gpu_tool", "warning", "%d GPUs seen in sysfs only: no vendor tool answered" % gpu["count"],
+        text = f"{gpu['count']} GPUs seen in sysfs only: no vendor tool answered"
+        out.append(finding("gpu_tool", "warning", text,
                            "Install amd-smi/rocm-smi or nvidia-smi to read GPU health"))
     gfx = gpu.get("gfxoff") or {}
     if (gpu["vendor"] == "amd" or vendor_hint == "rocm") and gfx.get("gfxoff_disabled") is False:
-        out.append(finding("gfxoff", "warning", "GFXOFF enabled (ppfeaturemask %s)" % gfx.get("ppfeaturemask"),
-                           "ansible-playbook playbooks/setup.yml -e gpu_env_set_boot_params=true, then reboot"))
+        text = f"GFXOFF enabled (ppfeaturemask {gfx.get('ppfeaturemask')})"
+        out.append(finding("gfxoff", "warning", text,
+                           "ansible-playbook playbooks/setup.yml -e gpu_env_set_boot_params=true,"
+                           " then reboot"))
     if not any(f["severity"] in ("warning", "critical") and f["check"].startswith("gpu") for f in out):
         if gpu["count"]:
-            out.append(finding("gpu_health", "ok", "%d GPUs healthy (%s, %s, via %s)"
-                               % (gpu["count"], gpu["model"], gpu["arch"], gpu["tool"])))
+            text = f"{gpu['count']} GPUs healthy ({gpu['model']}, {gpu['arch']}, via {gpu['tool']})"
+            out.append(finding("gpu_health", "ok", text))
         else:
             out.append(finding("gpu_health", "ok", "no GPU (CPU host)"))
     return out
@@ -104,24 +106,26 @@ def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: Optional[str] 
 
 def kernel_findings(klog: Dict[str, Any]) -> List[Dict[str, str]]:
     if not klog.get("readable"):
-        return [finding("kernel_log", "info", "kernel log unreadable: %s" % "; ".join(klog.get("errors") or ["no source"]),
+        why = "; ".join(klog.get("errors") or ["no source"])
+        return [finding("kernel_log", "info", f"kernel log unreadable: {why}",
                         "Run the diagnostics with become (-b) to read dmesg")]
     out = []
     if klog["oom_kill_count"]:
         last = klog["oom_kills"][-1]
-        out.append(finding("oom_kills", "critical", "%d processes killed by the OOM killer (last: %s pid %s)"
-                           % (klog["oom_kill_count"], last["process"], last["pid"]),
-                           "Reduce chunk_size or concurrent workers"))
+        text = (f"{klog['oom_kill_count']} processes killed by the OOM killer"
+                f" (last: {last['process']} pid {last['pid']})")
+        out.append(finding("oom_kills", "critical", text, "Reduce chunk_size or concurrent workers"))
     if klog["amdgpu_error_count"]:
-        out.append(finding("amdgpu_errors", "critical", "%d amdgpu/KFD errors (last: %s)"
-                           % (klog["amdgpu_error_count"], klog["amdgpu_errors"][-1]),
+        text = f"{klog['amdgpu_error_count']} amdgpu/KFD errors (last: {klog['amdgpu_errors'][-1]})"
+        out.append(finding("amdgpu_errors", "critical", text,
                            "Driver or HIP failure: reboot the node; check GFXOFF is disabled"))
     if klog["nvidia_xid_count"]:
-        out.append(finding("nvidia_xid", "critical", "%d NVIDIA Xid errors (last: %s)"
-                           % (klog["nvidia_xid_count"], klog["nvidia_xid"][-1]["line"]),
+        text = f"{klog['nvidia_xid_count']} NVIDIA Xid errors (last: " + klog["nvidia_xid"][-1]["line"] + ")"
+        out.append(finding("nvidia_xid", "critical", text,
                            "Check the GPU's power and seating; reboot the node"))
     if not out:
-        out.append(finding("kernel_log", "ok", "no OOM kills or GPU driver errors since boot (%s)" % klog["source"]))
+        text = f"no OOM kills or GPU driver errors since boot ({klog['source']})"
+        out.append(finding("kernel_log", "ok", text))
     return out
 
 
@@ -156,9 +160,9 @@ def hip_cache_usage(root: str, patterns: List[str]) -> Dict[str, Any]:
 
 
 def hip_cache_findings(cache: Dict[str, Any], warn_mb: float) -> List[Dict[str, str]]:
-    text = "HIP kernel caches in %s: %d MiB in %d entries" % (cache["root"], cache["total_mb"], len(cache["entries"]))
+    text = f"HIP kernel caches in {cache['root']}: {cache['total_mb']} MiB in {len(cache['entries'])} entries"
     if cache["total_mb"] > warn_mb:
-        return [finding("hip_cache", "warning", text + " (> %g MiB: memory pressure)" % warn_mb,
+        return [finding("hip_cache", "warning", text + f" (> {warn_mb:g} MiB: memory pressure)",
                         "ansible-playbook playbooks/setup.yml -e gpu_env_clear_hip_cache=true")]
     return [finding("hip_cache", "ok", text)]
 
@@ -168,9 +172,9 @@ def ramdisk_status(root: str) -> Dict[str, Any]:
     try:
         from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
         res = rd.status(root)
-        return {"root": res["root"], "steps": [{"step": s["step"], "state": s["state"], "bytes": s["bytes"],
-                                                 "files": len(s["files"]), "problems": s["problems"]}
-                                                for s in res["steps"]], "via": "ramdisk"}
+        steps = [{"step": s["step"], "state": s["state"], "bytes": s["bytes"], "files": len(s["files"]),
+                  "problems": s["problems"]} for s in res["steps"]]
+        return {"root": res["root"], "steps": steps, "via": "ramdisk"}
     except Exception as exc:  # noqa: BLE001 - the fallback below reads the folder itself
         fallback_reason = str(exc)
     steps = []
@@ -184,7 +188,7 @@ def ramdisk_status(root: str) -> Dict[str, Any]:
             steps.append({"step": name, "state": "valid" if loaded else "incomplete", "bytes": None,
                           "files": len([n for n in os.listdir(path) if not n.startswith(".")]),
                           "problems": [] if loaded else ["no manifest (sentinel)"]})
-    return {"root": real, "steps": steps, "via": "listing (%s)" % fallback_reason}
+    return {"root": real, "steps": steps, "via": f"listing ({fallback_reason})"}
 
 
 def ramdisk_findings(status: Dict[str, Any], expected_steps: List[str]) -> List[Dict[str, str]]:
@@ -193,13 +197,14 @@ def ramdisk_findings(status: Dict[str, Any], expected_steps: List[str]) -> List[
     for step in expected_steps:
         s = by_step.get(step)
         if s is None or s["state"] == "absent":
-            out.append(finding("ramdisk", "warning", "%s not loaded under %s" % (step, status["root"]),
+            out.append(finding("ramdisk", "warning", f"{step} not loaded under {status['root']}",
                                "ansible-playbook playbooks/ramdisk_preload.yml (files not preloaded)"))
     for s in status["steps"]:
         if s["state"] not in ("valid", "absent"):
-            out.append(finding("ramdisk", "warning", "%s is %s: %s" % (s["step"], s["state"], "; ".join(s["problems"])),
+            text = f"{s['step']} is {s['state']}: " + "; ".join(s["problems"])
+            out.append(finding("ramdisk", "warning", text,
                                "ansible-playbook playbooks/ramdisk_preload.yml (reloads what is missing)"))
     if not out:
         loaded = ", ".join(s["step"] for s in status["steps"]) or "no steps loaded"
-        out.append(finding("ramdisk", "ok", "%s: %s" % (status["root"], loaded)))
+        out.append(finding("ramdisk", "ok", "{}: {}".format(status["root"], loaded)))
     return out

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Parsers of the GPU vendor tools' output and the probe that runs them.
@@ -19,7 +18,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 Runner = Callable[[List[str], float], Tuple[int, str, str]]
 
@@ -51,7 +50,7 @@ def _na(value: Any) -> bool:
     return value is None or str(value).strip() in ("N/A", "n/a", "NA", "[N/A]", "")
 
 
-def _int(value: Any) -> Optional[int]:
+def _int(value: Any) -> int | None:
     """First integer in a value like '2491Mhz', '(96Mhz)', '36.0', {'value': 5}."""
     if isinstance(value, dict):
         value = value.get("value")
@@ -77,7 +76,7 @@ def _problem(gpu: Dict[str, Any], text: str, unhealthy: bool = True) -> None:
 
 
 # ---------------------------------------------------------------- NVIDIA
-def parse_nvidia_csv(text: str, fields: Optional[List[str]] = None) -> Tuple[List[Dict[str, Any]], List[str]]:
+def parse_nvidia_csv(text: str, fields: List[str] | None = None) -> Tuple[List[Dict[str, Any]], List[str]]:
     """`nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits` -> (gpus, errors).
 
     Lines that are not rows (e.g. "Unable to determine the device handle for GPU
@@ -92,7 +91,7 @@ def parse_nvidia_csv(text: str, fields: Optional[List[str]] = None) -> Tuple[Lis
         if len(row) != len(fields) or not row[0].strip().isdigit():
             errors.append(", ".join(row).strip())
             continue
-        rec = dict(zip(fields, (c.strip() for c in row)))
+        rec = dict(zip(fields, (c.strip() for c in row), strict=False))
         gpu = _new_gpu(int(rec["index"]), "nvidia", "nvidia-smi")
         gpu["model"] = rec.get("name")
         gpu["uuid"] = rec.get("uuid")
@@ -102,17 +101,17 @@ def parse_nvidia_csv(text: str, fields: Optional[List[str]] = None) -> Tuple[Lis
         cap = rec.get("compute_cap")
         gpu["compute_capability"] = None if cap is None or cap in NV_MISSING + NV_BROKEN else cap
         gpu["arch"] = "sm_" + cap.replace(".", "") if gpu["compute_capability"] else None
-        gpu["memory_total_mb"] = _int(rec.get("memory.total")) if rec.get("memory.total") not in NV_MISSING else None
-        gpu["memory_used_mb"] = _int(rec.get("memory.used")) if rec.get("memory.used") not in NV_MISSING else None
-        gpu["temperature_c"] = _int(rec.get("temperature.gpu")) if rec.get("temperature.gpu") not in NV_MISSING else None
+        for key, field in (("memory_total_mb", "memory.total"), ("memory_used_mb", "memory.used"),
+                           ("temperature_c", "temperature.gpu")):
+            gpu[key] = _int(rec.get(field)) if rec.get(field) not in NV_MISSING else None
         gpu["perf_level"] = rec.get("pstate")
         broken = sorted(k for k, v in rec.items() if v in NV_BROKEN)
         if broken:
-            _problem(gpu, "nvidia-smi cannot read %s (%s): GPU not answering, reset or reboot"
-                     % (", ".join(broken), rec[broken[0]]))
+            _problem(gpu, f"nvidia-smi cannot read {', '.join(broken)} ({rec[broken[0]]}):"
+                          " GPU not answering, reset or reboot")
         if gpu["compute_mode"] in BAD_COMPUTE_MODES:
-            _problem(gpu, "compute mode %s refuses a second process: set Default (nvidia-smi -c DEFAULT)"
-                     % gpu["compute_mode"])
+            _problem(gpu, f"compute mode {gpu['compute_mode']} refuses a second process:"
+                          " set Default (nvidia-smi -c DEFAULT)")
         gpus.append(gpu)
     return gpus, errors
 
@@ -120,7 +119,7 @@ def parse_nvidia_csv(text: str, fields: Optional[List[str]] = None) -> Tuple[Lis
 def parse_nvidia_q(text: str) -> Dict[str, Any]:
     """`nvidia-smi -q`: driver and CUDA versions and per-GPU name/mode/arch."""
     out: Dict[str, Any] = {"driver_version": None, "cuda_version": None, "gpus": []}
-    gpu: Optional[Dict[str, Any]] = None
+    gpu: Dict[str, Any] | None = None
     for line in text.splitlines():
         m = re.match(r"^GPU ([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d)\s*$", line)
         if m:
@@ -189,7 +188,7 @@ def parse_rocm_smi_json(text: str) -> Dict[str, Any]:
             _problem(gpu, "performance level 'unknown': SMU not answering, reboot the node or reseat the GPU")
         for key in health_keys:
             if key in reported and _na(c.get(key)):
-                _problem(gpu, "no %s reading (N/A): GPU not responding, reboot the node" % key.rstrip(":"))
+                _problem(gpu, f"no {key.rstrip(':')} reading (N/A): GPU not responding, reboot the node")
     return {"driver_version": (data.get("system") or {}).get("Driver version"),
             "gpus": [g for g, _ in gpus]}
 
@@ -229,7 +228,8 @@ def apply_rocm_concise(gpus: List[Dict[str, Any]], rows: List[Dict[str, Any]]) -
             by_index[row["index"]] = gpu
         bad = [name for name in ("sclk", "mclk") if _na(row[name])]
         if bad and not any("N/A" in p for p in gpu["problems"]):
-            _problem(gpu, "%s N/A in rocm-smi: GPU not responding, reboot the node" % "/".join(s.upper() for s in bad))
+            clocks = "/".join(s.upper() for s in bad)
+            _problem(gpu, f"{clocks} N/A in rocm-smi: GPU not responding, reboot the node")
         if row["perf"].lower() == "unknown" and not any("unknown" in p for p in gpu["problems"]):
             _problem(gpu, "performance level 'unknown': SMU not answering, reboot the node or reseat the GPU")
         if gpu["perf_level"] is None:
@@ -252,7 +252,7 @@ def _value(obj: Any, *path: str) -> Any:
     return obj
 
 
-def _mb(value: Any) -> Optional[int]:
+def _mb(value: Any) -> int | None:
     """amd-smi sizes: {"value": 8176, "unit": "MB"} or "8176 MB"."""
     if _na(value):
         return None
@@ -267,8 +267,8 @@ def _mb(value: Any) -> Optional[int]:
     return number * 1024 if unit == "GB" else number
 
 
-def parse_amd_smi(static_text: str, metric_text: Optional[str] = None,
-                  version_text: Optional[str] = None) -> Dict[str, Any]:
+def parse_amd_smi(static_text: str, metric_text: str | None = None,
+                  version_text: str | None = None) -> Dict[str, Any]:
     """`amd-smi static --json` (+ `metric --json`, `version --json`) -> {driver, rocm, gpus}."""
     gpus: Dict[int, Dict[str, Any]] = {}
     driver = None
@@ -277,7 +277,8 @@ def parse_amd_smi(static_text: str, metric_text: Optional[str] = None,
         asic = rec.get("asic") or {}
         gpu["model"] = asic.get("market_name")
         gpu["device_id"] = asic.get("device_id")
-        gpu["arch"] = asic.get("target_graphics_version") or AMD_DEVICE_ARCH.get(str(asic.get("device_id")).lower())
+        gpu["arch"] = (asic.get("target_graphics_version")
+                       or AMD_DEVICE_ARCH.get(str(asic.get("device_id")).lower()))
         gpu["pci_bus"] = _value(rec, "bus", "bdf")
         serial = asic.get("asic_serial")
         gpu["uuid"] = None if _na(serial) else serial
@@ -304,7 +305,7 @@ def parse_amd_smi(static_text: str, metric_text: Optional[str] = None,
                 gpu["memory_total_mb"] = _mb(_value(rec, "mem_usage", "total_vram"))
             bad = [n for n, v in (("SCLK", gfx), ("MCLK", mem)) if _na(v)]
             if bad:
-                _problem(gpu, "%s N/A in amd-smi: GPU not responding, reboot the node" % "/".join(bad))
+                _problem(gpu, "{} N/A in amd-smi: GPU not responding, reboot the node".format("/".join(bad)))
             if _na(perf) or "UNKNOWN" in str(perf).upper():
                 _problem(gpu, "performance level %r: SMU not answering, reboot the node or reseat the GPU"
                          % (perf if perf is not None else "N/A"))
@@ -347,9 +348,9 @@ def read_sysfs(sysfs_root: str = "/sys") -> Dict[str, Any]:
     return {"gpus": gpus, "driver_versions": driver}
 
 
-def _read_text(path: str) -> Optional[str]:
+def _read_text(path: str) -> str | None:
     try:
-        with open(path, "r") as fh:
+        with open(path) as fh:
             return fh.read().strip()
     except (OSError, UnicodeDecodeError):
         return None
@@ -362,12 +363,12 @@ NATIVE_GFX = ("gfx900", "gfx906", "gfx908", "gfx90a", "gfx940", "gfx941", "gfx94
               "gfx1030", "gfx1100", "gfx1101", "gfx1102", "gfx1200", "gfx1201")
 
 
-def hsa_override_for(arch: Optional[str], native: Tuple[str, ...] = NATIVE_GFX) -> Optional[str]:
+def hsa_override_for(arch: str | None, native: Tuple[str, ...] = NATIVE_GFX) -> str | None:
     """HSA_OVERRIDE_GFX_VERSION for a gfx target, None when native or unknown."""
     m = re.match(r"^gfx(\d{1,2})([0-9a-f])([0-9a-f])$", str(arch or ""))
     if not m or arch in native:
         return None
-    return "%d.%d.0" % (int(m.group(1)), int(m.group(2), 16))
+    return f"{int(m.group(1))}.{int(m.group(2), 16)}.0"
 
 
 # ---------------------------------------------------------------- GFXOFF
@@ -394,7 +395,7 @@ def gfxoff_state(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str
             loaded[name] = value
     mask_text = loaded.get("ppfeaturemask") or params.get("amdgpu.ppfeaturemask")
     gfxoff_text = loaded.get("gfxoff") or params.get("amdgpu.gfxoff")
-    disabled: Optional[bool] = None
+    disabled: bool | None = None
     if mask_text:
         try:
             disabled = not (int(mask_text, 0) & PP_GFXOFF_MASK)
@@ -409,17 +410,16 @@ def gfxoff_state(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str
 # ---------------------------------------------------------------- probe
 def default_runner(argv: List[str], timeout: float) -> Tuple[int, str, str]:
     try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return 124, "", "%s timed out after %ss (GPU hung?)" % (os.path.basename(argv[0]), timeout)
+        return 124, "", f"{os.path.basename(argv[0])} timed out after {timeout}s (GPU hung?)"
     except OSError as exc:
         return 127, "", str(exc)
     return (proc.returncode, proc.stdout.decode("utf-8", "replace"),
             proc.stderr.decode("utf-8", "replace"))
 
 
-def find_tool(name: str, explicit: Optional[str], extra_dirs: List[str]) -> Optional[str]:
+def find_tool(name: str, explicit: str | None, extra_dirs: List[str]) -> str | None:
     if explicit:
         return explicit if os.access(explicit, os.X_OK) else None
     found = shutil.which(name)
@@ -436,9 +436,9 @@ def _first_line(text: str) -> str:
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
 
 
-def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/sys",
+def probe(paths: Dict[str, str | None] | None = None, sysfs_root: str = "/sys",
           rocm_path: str = "/opt/rocm", timeout: float = 30.0,
-          runner: Optional[Runner] = None, proc_root: str = "/proc") -> Dict[str, Any]:
+          runner: Runner | None = None, proc_root: str = "/proc") -> Dict[str, Any]:
     """GPU facts of this host from the first tool that answers, sysfs as the last resort."""
     paths = paths or {}
     run = runner or default_runner
@@ -446,8 +446,8 @@ def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/
     errors: List[str] = []
     tried: List[str] = []
     found: Dict[str, str] = {}
-    amd: Optional[Dict[str, Any]] = None
-    nvidia: Optional[Dict[str, Any]] = None
+    amd: Dict[str, Any] | None = None
+    nvidia: Dict[str, Any] | None = None
 
     tool = find_tool("amd-smi", paths.get("amd_smi"), extra)
     if tool:
@@ -458,15 +458,15 @@ def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/
             try:
                 rc_m, out_m, err_m = run([tool, "metric", "--json"], timeout)
                 if rc_m != 0:
-                    errors.append("amd-smi metric rc=%d: %s" % (rc_m, _first_line(err_m or out_m)))
+                    errors.append(f"amd-smi metric rc={rc_m}: {_first_line(err_m or out_m)}")
                 rc_v, out_v, _ = run([tool, "version", "--json"], timeout)
                 amd = parse_amd_smi(out, out_m if rc_m == 0 else None, out_v if rc_v == 0 else None)
                 amd["tool"] = "amd-smi"
             except (ValueError, KeyError, TypeError) as exc:
-                errors.append("amd-smi output not understood: %s" % exc)
+                errors.append(f"amd-smi output not understood: {exc}")
                 amd = None
         else:
-            errors.append("amd-smi static rc=%d: %s" % (rc, _first_line(err or out)))
+            errors.append(f"amd-smi static rc={rc}: {_first_line(err or out)}")
     if amd is None or not amd["gpus"]:
         tool = find_tool("rocm-smi", paths.get("rocm_smi"), extra)
         if tool:
@@ -478,18 +478,19 @@ def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/
                     amd = parse_rocm_smi_json(out)
                     amd["tool"] = "rocm-smi"
                 except (ValueError, KeyError, TypeError) as exc:
-                    errors.append("rocm-smi output not understood: %s" % exc)
+                    errors.append(f"rocm-smi output not understood: {exc}")
             else:
-                errors.append("rocm-smi --showallinfo rc=%d: %s" % (rc, _first_line(err or out)))
+                errors.append(f"rocm-smi --showallinfo rc={rc}: {_first_line(err or out)}")
             rc, out, err = run([tool], timeout)
             if rc == 0:
                 if amd is None:
                     amd = {"driver_version": None, "gpus": [], "tool": "rocm-smi"}
                 apply_rocm_concise(amd["gpus"], parse_rocm_smi_concise(out))
             else:
-                errors.append("rocm-smi rc=%d: %s" % (rc, _first_line(err or out)))
+                errors.append(f"rocm-smi rc={rc}: {_first_line(err or out)}")
     if amd is not None and not amd.get("rocm_version"):
-        amd["rocm_version"] = (_read_text(os.path.join(rocm_path, ".info", "version")) or "").split("-")[0] or None
+        info = _read_text(os.path.join(rocm_path, ".info", "version")) or ""
+        amd["rocm_version"] = info.split("-")[0] or None
 
     tool = find_tool("nvidia-smi", paths.get("nvidia_smi"), [])
     if tool:
@@ -509,12 +510,13 @@ def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/
                       "driver_version": next((g.get("driver_version") for g in gpus), None),
                       "cuda_version": None}
             for line in row_errors:
-                errors.append("nvidia-smi: %s" % line)
+                errors.append(f"nvidia-smi: {line}")
                 m = re.search(r"([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d)", line)
                 if m:
                     lost = _new_gpu(len(gpus), "nvidia", "nvidia-smi")
                     lost["pci_bus"] = m.group(1)
-                    _problem(lost, "nvidia-smi cannot reach this GPU (%s): reset or reboot" % line.split(":")[-1].strip())
+                    why = line.split(":")[-1].strip()
+                    _problem(lost, f"nvidia-smi cannot reach this GPU ({why}): reset or reboot")
                     gpus.append(lost)
             rc_q, out_q, _ = run([tool, "-q"], timeout)
             if rc_q == 0 or out_q:
@@ -528,7 +530,7 @@ def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/
                         gpu["architecture"] = extra_q["architecture"]
         else:
             # rc 9: driver not loaded; rc 6/15 etc.: no device. Not fatal: degrade.
-            errors.append("nvidia-smi rc=%d: %s" % (rc, _first_line(out or err)))
+            errors.append(f"nvidia-smi rc={rc}: {_first_line(out or err)}")
 
     facts: Dict[str, Any] = {"tools_tried": tried, "tool_paths": found, "errors": errors}
     gpus_all: List[Dict[str, Any]] = []
@@ -547,7 +549,8 @@ def probe(paths: Optional[Dict[str, Optional[str]]] = None, sysfs_root: str = "/
             _problem(gpu, "seen in sysfs only: no vendor tool answered, health unknown", unhealthy=False)
     vendors = sorted({g["vendor"] for g in gpus_all})
     facts["vendor"] = vendors[0] if len(vendors) == 1 else ("mixed" if vendors else "none")
-    facts["gpu_type"] = {"amd": "rocm", "nvidia": "cuda"}.get(facts["vendor"], "cpu" if not vendors else "mixed")
+    default_type = "cpu" if not vendors else "mixed"
+    facts["gpu_type"] = {"amd": "rocm", "nvidia": "cuda"}.get(facts["vendor"], default_type)
     facts["tool"] = "+".join(tool_used) or None
     facts["count"] = len(gpus_all)
     facts["gpus"] = gpus_all

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Validation of a job's output file, shared by the gpu_job module (on the host) and the
@@ -19,7 +18,7 @@ import struct
 import sys
 import zipfile
 from array import array
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 KINDS = ("exists", "json", "json_list", "npz")
 
@@ -39,7 +38,7 @@ def seeds_digest(seeds: List[int]) -> str:
 def _npy_array(raw: bytes, name: str) -> List[int]:
     """Integers of a 1-D integer .npy payload (format 1.x/2.x/3.x) without NumPy."""
     if raw[:6] != b"\x93NUMPY":
-        raise OutputInvalid("%s is not a .npy array" % name)
+        raise OutputInvalid(f"{name} is not a .npy array")
     try:
         major = raw[6]
         if major == 1:
@@ -48,37 +47,37 @@ def _npy_array(raw: bytes, name: str) -> List[int]:
         else:
             (hlen,) = struct.unpack("<I", raw[8:12])
             start = 12
-        header = ast.literal_eval(raw[start:start + hlen].decode("latin1"))
+        header = ast.literal_eval(raw[start : start + hlen].decode("latin1"))
         descr, shape = header["descr"], tuple(header["shape"])
     except (ValueError, SyntaxError, KeyError, TypeError, IndexError, struct.error):
-        raise OutputInvalid("%s has a damaged .npy header" % name)
+        raise OutputInvalid(f"{name} has a damaged .npy header") from None
     if header.get("fortran_order") or len(shape) != 1:
-        raise OutputInvalid("%s must be a 1-D array, got shape %s" % (name, shape))
+        raise OutputInvalid(f"{name} must be a 1-D array, got shape {shape}")
     codes = {"<u8": "Q", "<i8": "q", "<u4": "I", "<i4": "i", "|u1": "B"}
     if descr not in codes:
-        raise OutputInvalid("%s has dtype %s, expected an integer array" % (name, descr))
-    body = raw[start + hlen:]
+        raise OutputInvalid(f"{name} has dtype {descr}, expected an integer array")
+    body = raw[start + hlen :]
     arr = array(codes[descr])
     if arr.itemsize * shape[0] != len(body):
-        raise OutputInvalid("%s holds %d bytes for %d items" % (name, len(body), shape[0]))
+        raise OutputInvalid(f"{name} holds {len(body)} bytes for {shape[0]} items")
     arr.frombytes(body)
     if sys.byteorder != "little":
         arr.byteswap()
     return list(arr)
 
 
-def _npz_seeds(path: str, seed_key: str) -> Optional[List[int]]:
+def _npz_seeds(path: str, seed_key: str) -> List[int] | None:
     try:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()  # reads every member and checks its CRC: the whole file
             if bad is not None:
-                raise OutputInvalid("member %s of %s fails its CRC" % (bad, path))
+                raise OutputInvalid(f"member {bad} of {path} fails its CRC")
             names = zf.namelist()
             for key in (seed_key, "seeds", "seed"):
                 if key + ".npy" in names:
                     return _npy_array(zf.read(key + ".npy"), key)
     except zipfile.BadZipFile as exc:
-        raise OutputInvalid("%s is not a complete NPZ file: %s" % (path, exc))
+        raise OutputInvalid(f"{path} is not a complete NPZ file: {exc}") from None
     return None
 
 
@@ -86,36 +85,37 @@ def validate_output(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Check one output against `spec`; return what was found, raise OutputInvalid if bad.
 
     spec keys: path, kind (exists|json|json_list|npz), records (expected count or None),
-    seeds_sha256 (expected seed-set digest or None), seed_key (default "seed").
+    seeds_sha256 (expected seed-set digest or None), seed_range ([low, high): every seed
+    must lie inside), seed_key (default "seed").
     """
     path = spec["path"]
     kind = spec.get("kind", "exists")
     if kind not in KINDS:
-        raise OutputInvalid("unknown output kind %r" % kind)
+        raise OutputInvalid(f"unknown output kind {kind!r}")
     if not os.path.isfile(path):
-        raise OutputInvalid("output %s is missing" % path)
+        raise OutputInvalid(f"output {path} is missing")
     size = os.path.getsize(path)
     found: Dict[str, Any] = {"path": path, "bytes": size}
     if size == 0:
-        raise OutputInvalid("output %s is empty" % path)
+        raise OutputInvalid(f"output {path} is empty")
     seed_key = spec.get("seed_key") or "seed"
-    seeds: Optional[List[int]] = None
-    records: Optional[int] = None
+    seeds: List[int] | None = None
+    records: int | None = None
     if kind in ("json", "json_list"):
         try:
             with open(path, "rb") as fh:
                 data = json.load(fh)  # parses the whole file: a truncated one fails (i4)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise OutputInvalid("output %s does not parse as JSON: %s" % (path, str(exc)[:120]))
+            raise OutputInvalid(f"output {path} does not parse as JSON: {str(exc)[:120]}") from None
         if kind == "json_list":
             if not isinstance(data, list):
-                raise OutputInvalid("output %s is not a JSON list" % path)
+                raise OutputInvalid(f"output {path} is not a JSON list")
             records = len(data)
-            if spec.get("seeds_sha256"):
+            if spec.get("seeds_sha256") or spec.get("seed_range"):
                 try:
                     seeds = [int(rec[seed_key]) for rec in data]
                 except (KeyError, TypeError, ValueError):
-                    raise OutputInvalid("a record of %s lacks an integer %r" % (path, seed_key))
+                    raise OutputInvalid(f"a record of {path} lacks an integer {seed_key!r}") from None
         elif isinstance(data, dict) and isinstance(data.get("records"), int):
             records = data["records"]
     elif kind == "npz":
@@ -128,20 +128,26 @@ def validate_output(spec: Dict[str, Any]) -> Dict[str, Any]:
                 with open(meta, "rb") as fh:
                     json.load(fh)
             except ValueError as exc:
-                raise OutputInvalid("sidecar %s does not parse: %s" % (meta, str(exc)[:120]))
+                raise OutputInvalid(f"sidecar {meta} does not parse: {str(exc)[:120]}") from None
     expected = spec.get("records")
     if expected is not None:
         if records is None:
-            raise OutputInvalid("cannot count the records of %s" % path)
+            raise OutputInvalid(f"cannot count the records of {path}")
         if records != int(expected):
-            raise OutputInvalid("output %s holds %d records, expected %d" % (path, records, int(expected)))
+            raise OutputInvalid(f"output {path} holds {records} records, expected {int(expected)}")
     if records is not None:
         found["records"] = records
+    if spec.get("seed_range"):
+        low, high = (int(v) for v in spec["seed_range"])
+        if seeds is None:
+            raise OutputInvalid(f"cannot read the seeds of {path}")
+        if any(s < low or s >= high for s in seeds):
+            raise OutputInvalid(f"output {path} holds seeds outside its job's range [{low}, {high})")
     if spec.get("seeds_sha256"):
         if seeds is None:
-            raise OutputInvalid("cannot read the seeds of %s" % path)
+            raise OutputInvalid(f"cannot read the seeds of {path}")
         digest = seeds_digest(seeds)
         if digest != spec["seeds_sha256"]:
-            raise OutputInvalid("output %s holds other seeds than its job's slice" % path)
+            raise OutputInvalid(f"output {path} holds other seeds than its job's slice")
         found["seeds_sha256"] = digest
     return found

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """OOM kills and GPU driver errors in the kernel log (seed 002 §8.6).
@@ -11,14 +10,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 OOM_KILL = re.compile(r"(?:Memory cgroup out of memory|Out of memory): Killed process (\d+) \(([^)]*)\)")
 OOM_INVOKED = re.compile(r"(\S+) invoked oom-killer")
 # amdgpu / KFD lines that mean trouble; plain init lines ("[drm] Initialized amdgpu") do not match
 AMDGPU = re.compile(r"amdgpu|\[drm:|\bkfd\b", re.I)
-AMDGPU_BAD = re.compile(r"\*ERROR\*|error|fail|timeout|timed out|fault|hang|not done with your previous command"
-                        r"|GPU reset|reset begin", re.I)
+AMDGPU_BAD = re.compile(r"\*ERROR\*|error|fail|timeout|timed out|fault|hang"
+                        r"|not done with your previous command|GPU reset|reset begin", re.I)
 NVIDIA_XID = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F:.]+)\): (\d+)")
 FALLEN = re.compile(r"fallen off the bus", re.I)
 
@@ -54,27 +53,27 @@ def parse_kernel_log(text: str, max_lines: int = 20) -> Dict[str, Any]:
 
 def _run(argv: List[str], timeout: float) -> Tuple[int, str, str]:
     try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, check=False)
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 127, "", str(exc)
     return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
 
-def read_kernel_log(sources: List[str], log_file: Optional[str] = None,
-                    timeout: float = 30.0) -> Tuple[Optional[str], Optional[str], List[str]]:
+def read_kernel_log(sources: List[str], log_file: str | None = None,
+                    timeout: float = 30.0) -> Tuple[str | None, str | None, List[str]]:
     """(text, source, errors): the first readable source, or (None, None, why not)."""
     errors: List[str] = []
     if log_file:
         try:
-            with open(log_file, "r", errors="replace") as fh:
+            with open(log_file, errors="replace") as fh:
                 return fh.read(), "file", errors
         except OSError as exc:
-            return None, None, ["%s: %s" % (log_file, exc)]
+            return None, None, [f"{log_file}: {exc}"]
     for source in sources:
         argv = ["dmesg"] if source == "dmesg" else ["journalctl", "-k", "-b", "--no-pager", "-q"]
         rc, out, err = _run(argv, timeout)
         if rc == 0 and out.strip() and not out.strip().startswith("-- No entries --"):
             return out, source, errors
-        errors.append("%s: %s" % (source, (err or out).strip().splitlines()[0] if (err or out).strip()
-                                  else "rc=%d, no output" % rc))
+        text = (err or out).strip()
+        errors.append(f"{source}: " + (text.splitlines()[0] if text else f"rc={rc}, no output"))
     return None, None, errors

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Real memory limit, use and /dev/shm state of a host (incident i26).
@@ -12,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 MIB = 1024 * 1024
 # cgroup v1 writes "no limit" as the largest page-aligned signed 64-bit value; anything
@@ -20,15 +19,15 @@ MIB = 1024 * 1024
 V1_UNLIMITED = 0x7FFFFFFFFFFFF000
 
 
-def _read(path: str) -> Optional[str]:
+def _read(path: str) -> str | None:
     try:
-        with open(path, "r") as fh:
+        with open(path) as fh:
             return fh.read()
     except (OSError, UnicodeDecodeError):
         return None
 
 
-def _read_int(path: str) -> Optional[int]:
+def _read_int(path: str) -> int | None:
     text = _read(path)
     if text is None:
         return None
@@ -57,7 +56,7 @@ def parse_meminfo(text: str) -> Dict[str, int]:
     return out
 
 
-def parse_proc_cgroup(text: str) -> Tuple[Optional[str], Optional[str]]:
+def parse_proc_cgroup(text: str) -> Tuple[str | None, str | None]:
     """(v2 path, v1 memory path) of a process from /proc/<pid>/cgroup."""
     v2 = None
     v1 = None
@@ -73,7 +72,7 @@ def parse_proc_cgroup(text: str) -> Tuple[Optional[str], Optional[str]]:
     return v2, v1
 
 
-def parse_memory_stat(text: Optional[str]) -> Dict[str, int]:
+def parse_memory_stat(text: str | None) -> Dict[str, int]:
     out: Dict[str, int] = {}
     for line in (text or "").splitlines():
         parts = line.split()
@@ -102,7 +101,7 @@ def _chain(root: str, path: str) -> List[str]:
     return dirs
 
 
-def cgroup_v2(cgroup_root: str, path: str) -> Optional[Dict[str, object]]:
+def cgroup_v2(cgroup_root: str, path: str) -> Dict[str, object] | None:
     """Effective limit (smallest memory.max up the tree), usage and the limiting dir."""
     # A hybrid host mounts an empty v2 tree (no memory controller): not a v2 answer.
     controllers = (_read(os.path.join(cgroup_root, "cgroup.controllers")) or "").split()
@@ -124,7 +123,7 @@ def cgroup_v2(cgroup_root: str, path: str) -> Optional[Dict[str, object]]:
             "inactive_file": stat.get("inactive_file", 0), "shmem": stat.get("shmem")}
 
 
-def cgroup_v1(cgroup_root: str, path: str) -> Optional[Dict[str, object]]:
+def cgroup_v1(cgroup_root: str, path: str) -> Dict[str, object] | None:
     mem_root = os.path.join(cgroup_root, "memory")
     if not os.path.exists(os.path.join(mem_root, "memory.limit_in_bytes")):
         return None
@@ -179,7 +178,7 @@ def memory_facts(cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc",
     meminfo = parse_meminfo(_read(os.path.join(proc_root, "meminfo")) or "")
     mem_total = meminfo.get("MemTotal")
     if not mem_total:
-        raise ValueError("cannot read MemTotal from %s/meminfo" % proc_root)
+        raise ValueError(f"cannot read MemTotal from {proc_root}/meminfo")
     host_available = meminfo.get("MemAvailable", meminfo.get("MemFree", 0))
     v2_path, v1_path = parse_proc_cgroup(_read(os.path.join(proc_root, str(pid), "cgroup")) or "")
 

@@ -146,7 +146,7 @@ def shm_info(path):
     try:
         with open("/proc/self/mountinfo") as fh:
             for line in fh:
-                left, _, right = line.partition(" - ")
+                left, _sep, right = line.partition(" - ")
                 point = _unescape_mount(left.split()[4])
                 if (probe == point or probe.startswith(point.rstrip("/") + "/")) and len(point) >= len(mount):
                     mount, fstype = point, right.split()[0]
@@ -285,8 +285,9 @@ def check_expected(expected):
 def file_matches(path, size, sha, record, verify):
     # type: (str, int, str, dict | None, str) -> dict | None
     """The file's record {name,size,sha256,mtime_ns} when ``path`` holds exactly that
-    content, else None. With verify=quick a manifest record with the same hash, size and
-    mtime is trusted instead of re-reading the file."""
+    content, else None. With verify=quick a manifest record whose size and mtime still
+    match the file is trusted instead of re-reading it, both ways: same hash, it matches;
+    another hash, it differs (a changed source never costs a re-read of the old copy)."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -297,11 +298,10 @@ def file_matches(path, size, sha, record, verify):
     if (
         verify == "quick"
         and record
-        and record.get("sha256") == sha
         and record.get("size") == size
         and record.get("mtime_ns") == st.st_mtime_ns
     ):
-        return rec
+        return rec if record.get("sha256") == sha else None
     return rec if hash_file(path) == sha else None
 
 

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 
@@ -14,12 +13,13 @@ description:
   - Runs on the controller. Plans the jobs of a step (Step 3 scoring chunks, Step 1 seed
     ranges, or any jobs file), gives every host min(GPU count, C(max_concurrent_jobs),
     workers that fit its memory) slots, slot i bound to GPU i, and lets free slots pull
-    work. Each busy slot is served by one long-lived ansible-runner run
-    (M(prng.cluster.fanout_slot)) that takes batch after batch and runs each with
-    M(prng.cluster.gpu_job) bound to the slot's GPU, so the runner's fixed cost is paid
-    once per slot (C(settings.transport=dispatch) starts one run per batch instead). A
-    batch carries as much work as the host's measured throughput (moving average) does in
-    C(target_dispatch_seconds), less near the end so no slot idles while others finish.
+    work. One ansible-runner run serves every slot for the whole step (each slot an
+    alias host whose M(prng.cluster.fanout_slot) task is delegated to the real host),
+    taking batch after batch and running each with M(prng.cluster.gpu_job) bound to the
+    slot's GPU, so the runner's fixed cost is paid once per step
+    (C(settings.transport=slot) starts one run per slot, C(dispatch) one per batch). A
+    batch carries as much work as the host's measured throughput (moving average) does
+    in C(target_dispatch_seconds), less near the end so no slot idles while others finish.
   - A job is done only when its output validated on the host and again after the pull
     to the controller. Failed jobs retry with backoff on another host when one exists; an
     unreachable host's jobs are requeued and the host retried later; a job killed for
@@ -31,7 +31,7 @@ description:
     when jobs failed; the task itself fails only on bad arguments, so a playbook can
     aggregate what finished (incident i15) and decide from RV(complete).
 author:
-  - PRNG cluster team
+  - PRNG cluster team (@prng-cluster)
 options:
   plan:
     description: Which planner makes the jobs.
@@ -67,10 +67,10 @@ options:
     default: false
   settings:
     description:
-      - Scheduler knobs, e.g. C(target_dispatch_seconds) (10), C(max_attempts) (3),
+      - Scheduler knobs, e.g. C(target_dispatch_seconds) (30), C(max_attempts) (3),
         C(retry_backoff_seconds) (2), C(host_retry_seconds) (10), C(max_host_failures) (3),
         C(max_requeues) (6), C(max_jobs_per_dispatch) (64), C(ema_alpha) (0.3),
-        C(progress_interval) (5), C(transport) (C(slot) or C(dispatch)).
+        C(progress_interval) (5), C(transport) (C(pool), C(slot) or C(dispatch)).
     type: dict
     default: {}
 attributes:
@@ -79,6 +79,7 @@ attributes:
     description: It runs jobs on the hosts; in check mode it does nothing and says so.
   diff_mode:
     support: none
+    description: Nothing to compare; the run writes new files.
 """
 
 EXAMPLES = r"""
@@ -128,8 +129,25 @@ resumed:
   sample: false
 """
 
-# The work happens on the controller, in plugins/action/fanout.py; this file documents it.
-if __name__ == "__main__":
-    from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-    AnsibleModule(argument_spec={}).fail_json(msg="prng.cluster.fanout runs as an action on the controller only")
+
+def main() -> None:
+    """The work happens on the controller (plugins/action/fanout.py); this file documents
+    it and fails if it is ever run on a host."""
+    module = AnsibleModule(
+        argument_spec=dict(
+            plan=dict(type="str", required=True, choices=["score", "sieve", "list"]),
+            params=dict(type="dict", required=True),
+            run_dir=dict(type="path", required=True),
+            hosts=dict(type="list", elements="str", required=True),
+            input_dir=dict(type="str", default=""),
+            fresh_run=dict(type="bool", default=False),
+            settings=dict(type="dict", default={}),
+        ),
+    )
+    module.fail_json(msg="prng.cluster.fanout runs as an action on the controller only")
+
+
+if __name__ == "__main__":
+    main()

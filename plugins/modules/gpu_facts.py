@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 
@@ -147,10 +146,12 @@ gpus:
   returned: always
   type: list
   elements: dict
-  sample: [{"index": 7, "vendor": "amd", "source": "rocm-smi", "model": "Navi 23 [Radeon RX 6600/6600 XT/6600M]",
+  sample: [{"index": 7, "vendor": "amd", "source": "rocm-smi",
+            "model": "Navi 23 [Radeon RX 6600/6600 XT/6600M]",
             "arch": "gfx1032", "pci_bus": "0000:0B:00.0", "sclk_mhz": null, "mclk_mhz": null,
             "perf_level": "unknown", "compute_mode": null, "healthy": false,
-            "problems": ["performance level 'unknown': SMU not answering, reboot the node or reseat the GPU"]}]
+            "problems": ["performance level 'unknown': SMU not answering,
+                          reboot the node or reseat the GPU"]}]
 unhealthy:
   description: Indexes of GPUs that are not healthy (the scheduler can exclude them).
   returned: always
@@ -207,10 +208,10 @@ ansible_facts:
       returned: always
 """
 
-import os
+import os  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import hsa_override_for, probe
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import hsa_override_for, probe  # noqa: E402
 
 
 def main() -> None:
@@ -231,7 +232,7 @@ def main() -> None:
     )
     p = module.params
     if p["timeout"] <= 0:
-        module.fail_json(msg="timeout must be > 0, got %s" % p["timeout"])
+        module.fail_json(msg="timeout must be > 0, got {}".format(p["timeout"]))
     if p["search_path"]:
         # tools are looked up on PATH; the given folders come first
         os.environ["PATH"] = os.pathsep.join(p["search_path"] + [os.environ.get("PATH", "")])
@@ -240,11 +241,11 @@ def main() -> None:
                   proc_root=p["proc_root"])
     if facts["hsa_override_gfx_version"] is None and not facts["arch"] and p["default_arch"]:
         facts["hsa_override_gfx_version"] = hsa_override_for(p["default_arch"])
-    problems = ["GPU %s: %s" % (g["index"], text) for g in facts["gpus"] for text in g["problems"]]
+    problems = ["GPU {}: {}".format(g["index"], text) for g in facts["gpus"] for text in g["problems"]]
     expected = p["expected_count"]
     if expected is not None and facts["count"] < expected:
-        problems.insert(0, "%d of %d expected GPUs found: missing GPUs (reseat or check power/risers)"
-                        % (facts["count"], expected))
+        problems.insert(0, f"{facts['count']} of {expected} expected GPUs found:"
+                           " missing GPUs (reseat or check power/risers)")
     facts["problems"] = problems
     module.exit_json(changed=False, ansible_facts={"prng_gpu": facts}, **facts)
 

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 
@@ -14,11 +13,12 @@ description:
   - Runs on one host every check of the diagnostic battery and returns each finding with a
     severity (V(ok), V(info), V(warning), V(critical)) and the action to take.
   - C(memory) and C(memory_limit) - the real memory limit (cgroup v2, v1, then /proc/meminfo) and what is
-    available, as M(prng.cluster.memory_facts). C(shm) - use of the C(/dev/shm) mount (warn/critical thresholds).
+    available, as M(prng.cluster.memory_facts). C(shm) - use of the C(/dev/shm) mount (warn/critical
+    thresholds).
   - C(gpu_health), C(gpu_count), C(gpu_compute_mode), C(gpu_tool), C(gfxoff) - as M(prng.cluster.gpu_facts)
     (hung GPUs showing N/A / unknown, missing GPUs, EXCLUSIVE_PROCESS, GFXOFF on).
-  - C(oom_kills), C(amdgpu_errors), C(nvidia_xid), C(kernel_log) - as M(prng.cluster.kernel_log); an unreadable log
-    is an V(info) finding, not a failure.
+  - C(oom_kills), C(amdgpu_errors), C(nvidia_xid), C(kernel_log) - as M(prng.cluster.kernel_log); an
+    unreadable log is an V(info) finding, not a failure.
   - C(ramdisk) - the steps under the ramdisk root (through the ramdisk module's code), steps
     expected but not loaded, incomplete or damaged steps.
   - C(hip_cache) - size of the HIP kernel caches (C(~/.cache/hip_*)).
@@ -131,7 +131,8 @@ findings:
   type: list
   elements: dict
   sample: [{"check": "gpu_health", "severity": "critical",
-            "message": "GPU 7 (0000:0B:00.0): performance level 'unknown': SMU not answering, reboot the node or reseat the GPU",
+            "message": "GPU 7 (0000:0B:00.0): performance level 'unknown': SMU not answering,
+                        reboot the node or reseat the GPU",
             "action": "Reboot node or reseat GPU (SMU communication failure)"}]
 worst:
   description: The worst severity found.
@@ -154,23 +155,25 @@ ramdisk:
   description: Steps under the ramdisk root, their state, and how they were read.
   returned: always
   type: dict
-  sample: {"root": "/dev/shm/prng", "steps": [{"step": "step3", "state": "valid", "bytes": 35000, "files": 2, "problems": []}],
+  sample: {"root": "/dev/shm/prng",
+           "steps": [{"step": "step3", "state": "valid", "bytes": 35000, "files": 2, "problems": []}],
            "via": "ramdisk"}
 hip_cache:
   description: HIP kernel cache entries and their total size.
   returned: always
   type: dict
-  sample: {"root": "/home/prng/.cache", "entries": [{"name": "hip_kernels", "path": "/home/prng/.cache/hip_kernels",
+  sample: {"root": "/home/prng/.cache",
+           "entries": [{"name": "hip_kernels", "path": "/home/prng/.cache/hip_kernels",
            "bytes": 1342177280}], "total_bytes": 1342177280, "total_mb": 1280}
 """
 
-import os
+import os  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.prng.cluster.plugins.module_utils import diagnostics as dg
-from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import probe
-from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import parse_kernel_log, read_kernel_log
-from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils import diagnostics as dg  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import probe  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import parse_kernel_log, read_kernel_log  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts  # noqa: E402
 
 
 def main() -> None:
@@ -201,14 +204,14 @@ def main() -> None:
     )
     p = module.params
     if not 0 < p["shm_warn_pct"] <= p["shm_crit_pct"] <= 100:
-        module.fail_json(msg="need 0 < shm_warn_pct <= shm_crit_pct <= 100, got %s and %s"
-                         % (p["shm_warn_pct"], p["shm_crit_pct"]))
+        module.fail_json(msg=f"need 0 < shm_warn_pct <= shm_crit_pct <= 100, got {p['shm_warn_pct']}"
+                             f" and {p['shm_crit_pct']}")
     if p["search_path"]:
         os.environ["PATH"] = os.pathsep.join(p["search_path"] + [os.environ.get("PATH", "")])
     try:
         mem = memory_facts(p["cgroup_root"], p["proc_root"], p["shm_path"])
     except (OSError, ValueError) as exc:
-        module.fail_json(msg="cannot read memory state: %s" % exc)
+        module.fail_json(msg=f"cannot read memory state: {exc}")
     gpu = probe({}, sysfs_root=p["sysfs_root"], rocm_path=p["rocm_path"], timeout=p["timeout"],
                 proc_root=p["proc_root"])
     text, source, errors = read_kernel_log(p["kernel_log_sources"], p["kernel_log_file"], p["timeout"])

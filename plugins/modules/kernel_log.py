@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 
@@ -74,7 +73,8 @@ oom_kills:
   returned: always
   type: list
   elements: dict
-  sample: [{"pid": 41877, "process": "python3", "line": "[38211.446421] Out of memory: Killed process 41877 (python3) ..."}]
+  sample: [{"pid": 41877, "process": "python3",
+            "line": "[38211.446421] Out of memory: Killed process 41877 (python3) ..."}]
 oom_kill_count:
   description: OOM kills in the log.
   returned: always
@@ -90,7 +90,8 @@ amdgpu_errors:
   returned: always
   type: list
   elements: str
-  sample: ["[40132.358210] [drm:amdgpu_job_timedout [amdgpu]] *ERROR* ring gfx_0.0.0 timeout, signaled seq=1194821, emitted seq=1194823"]
+  sample: ["[40132.358210] [drm:amdgpu_job_timedout [amdgpu]] *ERROR* ring gfx_0.0.0 timeout,
+            signaled seq=1194821, emitted seq=1194823"]
 amdgpu_error_count:
   description: amdgpu / KFD error lines in the log.
   returned: always
@@ -101,7 +102,8 @@ nvidia_xid:
   returned: always
   type: list
   elements: dict
-  sample: [{"pci": "0000:65:00", "xid": 79, "line": "NVRM: Xid (PCI:0000:65:00): 79, pid=2231, GPU has fallen off the bus."}]
+  sample: [{"pci": "0000:65:00", "xid": 79,
+            "line": "NVRM: Xid (PCI:0000:65:00): 79, pid=2231, GPU has fallen off the bus."}]
 nvidia_xid_count:
   description: Xid lines in the log.
   returned: always
@@ -109,8 +111,8 @@ nvidia_xid_count:
   sample: 1
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import parse_kernel_log, read_kernel_log
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import parse_kernel_log, read_kernel_log  # noqa: E402
 
 
 def main() -> None:
@@ -126,7 +128,7 @@ def main() -> None:
     )
     p = module.params
     if p["max_lines"] < 1:
-        module.fail_json(msg="max_lines must be >= 1, got %s" % p["max_lines"])
+        module.fail_json(msg="max_lines must be >= 1, got {}".format(p["max_lines"]))
     text, source, errors = read_kernel_log(p["sources"], p["log_file"], p["timeout"])
     result = parse_kernel_log(text or "", p["max_lines"])
     module.exit_json(changed=False, readable=text is not None, source=source, errors=errors, **result)

@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 
@@ -182,8 +181,8 @@ ansible_facts:
       returned: always
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts, workers_fit
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts, workers_fit  # noqa: E402
 
 
 def main() -> None:
@@ -199,13 +198,13 @@ def main() -> None:
     )
     p = module.params
     if p["worker_mb"] is not None and p["worker_mb"] <= 0:
-        module.fail_json(msg="worker_mb must be > 0, got %s" % p["worker_mb"])
+        module.fail_json(msg="worker_mb must be > 0, got {}".format(p["worker_mb"]))
     if not 0 <= p["margin_pct"] < 100:
-        module.fail_json(msg="margin_pct must be in [0, 100), got %s" % p["margin_pct"])
+        module.fail_json(msg="margin_pct must be in [0, 100), got {}".format(p["margin_pct"]))
     try:
         facts = memory_facts(p["cgroup_root"], p["proc_root"], p["shm_path"])
     except (OSError, ValueError) as exc:
-        module.fail_json(msg="cannot read memory state: %s" % exc)
+        module.fail_json(msg=f"cannot read memory state: {exc}")
     facts["worker_mb"] = p["worker_mb"]
     facts["margin_pct"] = p["margin_pct"]
     if p["worker_mb"] is None:

@@ -28,7 +28,7 @@ description:
   - The controller side (hashing the sources with a size/mtime cache and sending the
     files) is this module's action plugin, so the module is always used through it.
 author:
-  - PRNG cluster team
+  - PRNG cluster team (@prng-cluster)
 options:
   state:
     description:

@@ -19,10 +19,14 @@ def main() -> int:
     ap.add_argument("--start", type=int, required=True)
     ap.add_argument("--stop", type=int, required=True)
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds per seed")
-    ap.add_argument("--slow-host", default="", help="hostname on which the job runs --slow-factor times longer")
+    ap.add_argument(
+        "--slow-host", default="", help="hostname on which the job runs --slow-factor times longer"
+    )
     ap.add_argument("--slow-factor", type=float, default=1.0)
     ap.add_argument("--oom-above", type=int, default=0, help="exit 137 when the range holds more seeds")
-    ap.add_argument("--truncate-once", default="", help="marker file: the first run writes half a file, exit 0")
+    ap.add_argument(
+        "--truncate-once", default="", help="marker file: the first run writes half a file, exit 0"
+    )
     a = ap.parse_args()
     host = socket.gethostname()
     n = a.stop - a.start
@@ -40,10 +44,20 @@ def main() -> int:
     with open(tmp, "w") as fh:
         fh.write(text)
     os.replace(tmp, a.out)
-    print(json.dumps({"host": host, "count": n, "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                      "hip_visible_devices": os.environ.get("HIP_VISIBLE_DEVICES"),
-                      "rocr_visible_devices": os.environ.get("ROCR_VISIBLE_DEVICES"),
-                      "pid": os.getpid(), "pgid": os.getpgid(0), "seconds": delay}))
+    print(
+        json.dumps(
+            {
+                "host": host,
+                "count": n,
+                "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "hip_visible_devices": os.environ.get("HIP_VISIBLE_DEVICES"),
+                "rocr_visible_devices": os.environ.get("ROCR_VISIBLE_DEVICES"),
+                "pid": os.getpid(),
+                "pgid": os.getpgid(0),
+                "seconds": delay,
+            }
+        )
+    )
     return 0
 
 

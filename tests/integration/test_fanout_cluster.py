@@ -31,21 +31,36 @@ def write_jobs(path: Path, n_jobs: int, per_job: int, *extra: str) -> int:
     jobs = []
     for i in range(n_jobs):
         start = i * per_job
-        jobs.append({
-            "id": f"j{i:03d}",
-            "argv": ["{worker_bin}/python", str(JOB), "--out", "{out}/r.json",
-                     "--start", "{start}", "--stop", "{stop}", *extra],
-            "range": [start, start + per_job],
-            "outputs": [{"path": "{out}/r.json", "kind": "json_list", "records_from_range": True}],
-            "timeout": 120,
-        })
+        jobs.append(
+            {
+                "id": f"j{i:03d}",
+                "argv": [
+                    "{worker_bin}/python",
+                    str(JOB),
+                    "--out",
+                    "{out}/r.json",
+                    "--start",
+                    "{start}",
+                    "--stop",
+                    "{stop}",
+                    *extra,
+                ],
+                "range": [start, start + per_job],
+                "outputs": [{"path": "{out}/r.json", "kind": "json_list", "records_from_range": True}],
+                "timeout": 120,
+            }
+        )
     path.write_text(json.dumps({"jobs": jobs}))
     return n_jobs * per_job
 
 
 def run_jobs(c: Cluster, jobs: Path, run_dir: Path, **extra: Any) -> subprocess.CompletedProcess[str]:
-    ev = {"jobs_file": str(jobs), "run_dir": str(run_dir),
-          "fanout_settings": {"progress_interval": 2, "retry_backoff_seconds": 0.5}, **extra}
+    ev = {
+        "jobs_file": str(jobs),
+        "run_dir": str(run_dir),
+        "fanout_settings": {"progress_interval": 2, "retry_backoff_seconds": 0.5},
+        **extra,
+    }
     return c.playbook("playbooks/run_jobs.yml", extra_vars=ev, timeout=400)
 
 
@@ -81,10 +96,18 @@ def limits_cluster() -> Any:
     problem = missing_requirements()
     if problem:
         pytest.skip(f"test cluster unavailable: {problem}")
-    hosts = [HostSpec("below", gpu_type="cuda", gpu_count=3, max_concurrent_jobs=2),
-             HostSpec("equal", gpu_type="rocm", gpu_count=3, max_concurrent_jobs=3, groups=("rocm",),
-                      vars={"start_stagger_seconds": 0.2}),
-             HostSpec("above", gpu_type="cuda", gpu_count=3, max_concurrent_jobs=5)]
+    hosts = [
+        HostSpec("below", gpu_type="cuda", gpu_count=3, max_concurrent_jobs=2),
+        HostSpec(
+            "equal",
+            gpu_type="rocm",
+            gpu_count=3,
+            max_concurrent_jobs=3,
+            groups=("rocm",),
+            vars={"start_stagger_seconds": 0.2},
+        ),
+        HostSpec("above", gpu_type="cuda", gpu_count=3, max_concurrent_jobs=5),
+    ]
     with Cluster(hosts) as c:
         yield c
 
@@ -116,7 +139,9 @@ def test_i1_each_slot_binds_one_gpu_and_the_worker_sees_it(limits_run: tuple[Pat
     m = manifest(run_dir)
     slots_seen: dict[str, set[int]] = {}
     for out in m["outputs"]:
-        summary = next(r for r in journal(run_dir) if r["ev"] == "done" and r["job"] == out["job"])["result"]["summary"]
+        summary = next(r for r in journal(run_dir) if r["ev"] == "done" and r["job"] == out["job"])["result"][
+            "summary"
+        ]
         assert summary["host"] == out["host"]  # the worker ran on the host the manifest names
         assert summary["visible_devices"] == str(out["slot"])  # slot i binds GPU i
         assert summary["rocr_visible_devices"] is None  # never a second mask (i1)
@@ -128,14 +153,19 @@ def test_i1_each_slot_binds_one_gpu_and_the_worker_sees_it(limits_run: tuple[Pat
 
 @pytest.fixture
 def cluster2(make_cluster: Any) -> Cluster:
-    return make_cluster([HostSpec("fast", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
-                         HostSpec("slow", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2)])
+    return make_cluster(
+        [
+            HostSpec("fast", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+            HostSpec("slow", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+        ]
+    )
 
 
 def test_i18_free_slots_pull_work_so_a_fast_host_does_more(cluster2: Cluster, tmp_path: Path) -> None:
     # 2 s per job on "fast", 10 s on "slow": slots that free up sooner take more jobs.
-    total = write_jobs(tmp_path / "jobs.json", 16, 4, "--sleep", "0.5", "--slow-host", "slow",
-                       "--slow-factor", "5")
+    total = write_jobs(
+        tmp_path / "jobs.json", 16, 4, "--sleep", "0.5", "--slow-host", "slow", "--slow-factor", "5"
+    )
     proc = run_jobs(cluster2, tmp_path / "jobs.json", tmp_path / "run")
     assert proc.returncode == 0, proc.stdout[-4000:]
     m = manifest(tmp_path / "run")
@@ -178,21 +208,42 @@ def _wait_done(run_dir: Path, count: int, proc: subprocess.Popen[str], timeout: 
 
 def _popen(c: Cluster, jobs: Path, run_dir: Path) -> subprocess.Popen[str]:
     ev = {"jobs_file": str(jobs), "run_dir": str(run_dir), "fanout_settings": {"host_retry_seconds": 2}}
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(c.inventory),
-            "playbooks/run_jobs.yml", "-e", json.dumps(ev)]
-    return subprocess.Popen(argv, cwd=REPO, env=c.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    argv = [
+        str(Path(sys.executable).parent / "ansible-playbook"),
+        "-i",
+        str(c.inventory),
+        "playbooks/run_jobs.yml",
+        "-e",
+        json.dumps(ev),
+    ]
+    return subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=c.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
-def test_host_killed_mid_run_completes_on_the_others(make_cluster: Any, tmp_path: Path) -> None:
-    c = make_cluster([HostSpec("a", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
-                      HostSpec("b", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
-                      HostSpec("victim", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2)])
+@pytest.mark.parametrize("fault", ["sshd_killed", "link_cut"])
+def test_host_lost_mid_run_completes_on_the_others(make_cluster: Any, tmp_path: Path, fault: str) -> None:
+    c = make_cluster(
+        [
+            HostSpec("a", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+            HostSpec("b", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+            HostSpec("victim", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+        ]
+    )
     total = write_jobs(tmp_path / "jobs.json", 18, 4, "--sleep", "0.3")
     proc = _popen(c, tmp_path / "jobs.json", tmp_path / "run")
     try:
         _wait_done(tmp_path / "run", 2, proc)
-        c.kill_sshd("victim")  # sshd and every session and worker on the host
+        if fault == "sshd_killed":
+            c.kill_sshd("victim")  # sshd and every session and worker on the host
+        else:
+            c.link_down("victim")  # packets dropped: connections hang until SSH gives up
         out, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -205,7 +256,9 @@ def test_host_killed_mid_run_completes_on_the_others(make_cluster: Any, tmp_path
     assert_exactly_once(tmp_path / "run", total)
 
 
-def test_controller_interrupted_resumes_without_redoing_finished_jobs(cluster2: Cluster, tmp_path: Path) -> None:
+def test_controller_interrupted_resumes_without_redoing_finished_jobs(
+    cluster2: Cluster, tmp_path: Path
+) -> None:
     total = write_jobs(tmp_path / "jobs.json", 16, 4, "--sleep", "0.3")
     run_dir = tmp_path / "run"
     proc = _popen(cluster2, tmp_path / "jobs.json", run_dir)

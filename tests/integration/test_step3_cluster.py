@@ -18,14 +18,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_step3_scores_every_survivor_exactly_once_on_three_hosts(make_cluster: Any, tmp_path: Path) -> None:
     numpy = {"worker_backend": "numpy"}  # test hosts have no GPU: the NumPy backend, GPU binding still real
-    c = make_cluster([HostSpec("n1", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2, vars=numpy),
-                      HostSpec("n2", gpu_type="rocm", gpu_count=3, max_concurrent_jobs=2, groups=("rocm",),
-                               vars={**numpy, "start_stagger_seconds": 0.2}),
-                      HostSpec("n3", gpu_type="cpu", gpu_count=0, max_concurrent_jobs=1, vars=numpy)])
+    c = make_cluster(
+        [
+            HostSpec("n1", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2, vars=numpy),
+            HostSpec(
+                "n2",
+                gpu_type="rocm",
+                gpu_count=3,
+                max_concurrent_jobs=2,
+                groups=("rocm",),
+                vars={**numpy, "start_stagger_seconds": 0.2},
+            ),
+            HostSpec("n3", gpu_type="cpu", gpu_count=0, max_concurrent_jobs=1, vars=numpy),
+        ]
+    )
     run_dir = tmp_path / "step3"
-    proc = c.playbook("playbooks/step3.yml", extra_vars={"step3_run_dir": str(run_dir), "step3_chunk_size": 250},
-                      timeout=600)
-    fatal = [line for line in proc.stdout.splitlines() if "fatal" in line or "FAILED" in line or "msg" in line]
+    proc = c.playbook(
+        "playbooks/step3.yml",
+        extra_vars={"step3_run_dir": str(run_dir), "step3_chunk_size": 250},
+        timeout=600,
+    )
+    fatal = [
+        line for line in proc.stdout.splitlines() if "fatal" in line or "FAILED" in line or "msg" in line
+    ]
     assert proc.returncode == 0, "\n".join(fatal[:40]) + proc.stdout[-3000:] + proc.stderr[-2000:]
     fan = json.loads((run_dir / "fanout_manifest.json").read_text())
     assert fan["complete"] and fan["jobs"]["completed"] == 8

@@ -160,7 +160,7 @@ def test_operator_cli_up_status_down() -> None:
     problem = missing_requirements()
     if problem:
         pytest.skip(f"test cluster unavailable: {problem}")
-    cli = [sys.executable, str(REPO_ROOT / "scripts" / "testcluster")]
+    cli = [str(REPO_ROOT / "scripts" / "testcluster")]
     up = subprocess.run(
         [*cli, "up", "2", "--shm-mb", "8", "--name", "clitest"], capture_output=True, text=True
     )

@@ -14,8 +14,8 @@ SEEDS = [0, 1, 42, 2**31 - 1, 2**32 - 1, 2**32, 2**48 - 1, 2**48 + 5, 2**63 + 1,
 
 def reference(fam, seeds, count, m, skip, offset):
     skips = skip if isinstance(skip, (list, np.ndarray)) else [skip] * len(seeds)
-    return np.array([fam.reference_draws(s, count, m, int(k), offset) for s, k in zip(seeds, skips, strict=True)],
-                    dtype=np.int64).reshape(len(seeds), count)
+    rows = [fam.reference_draws(s, count, m, int(k), offset) for s, k in zip(seeds, skips, strict=True)]
+    return np.array(rows, dtype=np.int64).reshape(len(seeds), count)
 
 
 def test_registry_has_the_eight_families():
@@ -58,7 +58,8 @@ def test_long_stream_crosses_blocks(name):
 def test_draw_i_is_call_offset_plus_i_plus_1_times_skip_plus_1():
     fam = get_family("java_lcg")
     stream = fam.reference_draws(99, 60, 1000)
-    assert fam.reference_draws(99, 5, 1000, skip=2, offset=4) == [stream[4 + (i + 1) * 3 - 1] for i in range(5)]
+    want = [stream[4 + (i + 1) * 3 - 1] for i in range(5)]
+    assert fam.reference_draws(99, 5, 1000, skip=2, offset=4) == want
 
 
 @pytest.mark.parametrize("m", [(1 << 30) + 1, 1_500_000_001, 3])

@@ -91,7 +91,8 @@ def test_java_random_equals_jdk(java_ref: Path, m: int):
     np.testing.assert_array_equal(fam.draws(SEEDS, COUNT, m), jdk)
     assert fam.reference_draws(SEEDS[3], COUNT, m) == jdk[3].tolist()
     # skip / offset select calls of the same JDK stream
-    np.testing.assert_array_equal(fam.draws(SEEDS, 100, m, skip=4, offset=3), jdk[:, 3 + 5 * np.arange(1, 101) - 1])
+    np.testing.assert_array_equal(fam.draws(SEEDS, 100, m, skip=4, offset=3),
+                                  jdk[:, 3 + 5 * np.arange(1, 101) - 1])
 
 
 @pytest.mark.parametrize("name", ["mt19937", "minstd"])

@@ -50,8 +50,12 @@ def test_i4_truncated_json_output_is_invalid(tmp_path: Path) -> None:
     path = tmp_path / "out.json"
     text = json.dumps([{"seed": s} for s in range(100)])
     path.write_text(text)
-    spec = {"path": str(path), "kind": "json_list", "records": 100,
-            "seeds_sha256": seeds_digest(list(range(100)))}
+    spec = {
+        "path": str(path),
+        "kind": "json_list",
+        "records": 100,
+        "seeds_sha256": seeds_digest(list(range(100))),
+    }
     assert validate_output(spec)["records"] == 100
     path.write_text(text[: len(text) - 1])  # one byte short: a check of the first byte passes
     with pytest.raises(OutputInvalid, match="does not parse"):
@@ -66,8 +70,14 @@ def test_i3_missing_wrong_count_or_wrong_seeds_are_invalid(tmp_path: Path) -> No
     with pytest.raises(OutputInvalid, match="holds 10 records, expected 11"):
         validate_output({"path": str(path), "kind": "json_list", "records": 11})
     with pytest.raises(OutputInvalid, match="other seeds"):
-        validate_output({"path": str(path), "kind": "json_list", "records": 10,
-                         "seeds_sha256": seeds_digest(list(range(1, 11)))})
+        validate_output(
+            {
+                "path": str(path),
+                "kind": "json_list",
+                "records": 10,
+                "seeds_sha256": seeds_digest(list(range(1, 11))),
+            }
+        )
 
 
 def test_npz_output_validated_whole_with_uint64_seeds(tmp_path: Path) -> None:
@@ -75,7 +85,12 @@ def test_npz_output_validated_whole_with_uint64_seeds(tmp_path: Path) -> None:
     seeds = np.array([2**47 + 5, 3, 2**40], dtype=np.uint64)  # above uint32 (i27)
     with open(path, "wb") as fh:
         np.savez(fh, seeds=seeds, score=np.ones(3))
-    spec = {"path": str(path), "kind": "npz", "records": 3, "seeds_sha256": seeds_digest([int(s) for s in seeds])}
+    spec = {
+        "path": str(path),
+        "kind": "npz",
+        "records": 3,
+        "seeds_sha256": seeds_digest([int(s) for s in seeds]),
+    }
     assert validate_output(spec)["records"] == 3
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) - 40])
@@ -97,8 +112,14 @@ def test_journal_replays_states_and_ignores_a_torn_line(tmp_path: Path) -> None:
     j.append("start", job="j1", host="a")
     j.append("fail", job="j1", host="a", reason="exit 1", final=False)
     j.append("start", job="j2", host="b")
-    j.append("split", job="j3", children=[Job(id="j3.a", argv=["x"], range=[30, 35], units=5).spec(),
-                                          Job(id="j3.b", argv=["x"], range=[35, 40], units=5).spec()])
+    j.append(
+        "split",
+        job="j3",
+        children=[
+            Job(id="j3.a", argv=["x"], range=[30, 35], units=5).spec(),
+            Job(id="j3.b", argv=["x"], range=[35, 40], units=5).spec(),
+        ],
+    )
     j.close()
     with open(j.path, "ab") as fh:
         fh.write(b'{"t": 1, "ev": "done", "job": "j2"')  # crash mid-write
@@ -150,8 +171,14 @@ def test_score_plan_chunks_cover_every_survivor_once_and_split_in_halves(tmp_pat
     recs = [{"seed": 2**40 + i * 7} for i in range(1003)]
     (tmp_path / "s.json").write_text(json.dumps(recs))
     (tmp_path / "t.json").write_text("[1, 2, 3]")
-    plan = ScorePlan({"survivors": str(tmp_path / "s.json"), "train_history": str(tmp_path / "t.json"),
-                      "family": "java_lcg", "chunk_size": 250})
+    plan = ScorePlan(
+        {
+            "survivors": str(tmp_path / "s.json"),
+            "train_history": str(tmp_path / "t.json"),
+            "family": "java_lcg",
+            "chunk_size": 250,
+        }
+    )
     jobs = plan.make_jobs()
     assert [j.range for j in jobs] == [[0, 250], [250, 500], [500, 750], [750, 1000], [1000, 1003]]
     exp = plan.expect(jobs[4])
@@ -173,13 +200,27 @@ def _fan(tmp_path: Path, n_jobs: int, hosts: list[HostSpec]) -> FanOut:
     jobs = {f"j{i:03d}": Job(id=f"j{i:03d}", argv=["x"], units=100) for i in range(n_jobs)}
     for h in hosts:
         slots_for(h, 0)
-    return FanOut(str(tmp_path), ListPlan({}), hosts, jobs, Journal(str(tmp_path)),
-                  lambda *a: None, Settings(target_dispatch_seconds=10), lambda s: None)  # type: ignore[arg-type]
+    return FanOut(
+        str(tmp_path),
+        ListPlan({}),
+        hosts,
+        jobs,
+        Journal(str(tmp_path)),
+        lambda *a: None,
+        Settings(target_dispatch_seconds=10),
+        lambda s: None,
+    )  # type: ignore[arg-type]
 
 
 def test_batch_sizing_from_measured_throughput(tmp_path: Path) -> None:
-    fan = _fan(tmp_path, 200, [HostSpec("fast", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
-                               HostSpec("slow", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2)])
+    fan = _fan(
+        tmp_path,
+        200,
+        [
+            HostSpec("fast", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+            HostSpec("slow", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+        ],
+    )
     fast, slow = fan.hosts["fast"], fan.hosts["slow"]
     assert len(fan.take_batch(fast, 0.0)) == 1  # no measurement yet: one job probes the host
     fast.rate, slow.rate = 100.0, 20.0  # units per second per slot
@@ -187,7 +228,9 @@ def test_batch_sizing_from_measured_throughput(tmp_path: Path) -> None:
     assert len(fan.take_batch(slow, 0.0)) == 2
     for job in list(fan.jobs.values())[:190]:
         job.state = "done"
-    assert len(fan.take_batch(fast, 0.0)) == 2  # tail: at most ceil(1000 units / 4 slots) = 250 units
+    # Tail: 1000 units left, 240 units/s over all slots: each slot's share of ~4.2 s.
+    assert len(fan.take_batch(fast, 0.0)) == 4
+    assert len(fan.take_batch(slow, 0.0)) == 1
 
 
 def test_failed_job_prefers_another_host(tmp_path: Path) -> None:
@@ -205,37 +248,85 @@ def _gpu_job(tmp_path: Path, jobs: list[dict[str, Any]], **args: Any) -> dict[st
     jobs_file.parent.mkdir(parents=True, exist_ok=True)
     jobs_file.write_text(json.dumps({"jobs": jobs}))
     module_args = {"jobs_file": str(jobs_file), "state_dir": str(tmp_path / "state"), **args}
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), PATH=f"{BIN}:{os.environ['PATH']}",
-               ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run([str(BIN / "ansible"), "localhost", "-m", "prng.cluster.gpu_job", "-a",
-                           json.dumps(module_args), "-e", f"ansible_python_interpreter={sys.executable}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        ANSIBLE_STDOUT_CALLBACK="default",
+        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+        ANSIBLE_NOCOLOR="1",
+    )
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-m",
+            "prng.cluster.gpu_job",
+            "-a",
+            json.dumps(module_args),
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout[proc.stdout.index("{"):])  # "localhost | CHANGED => {...}"
+    return json.loads(proc.stdout[proc.stdout.index("{") :])  # "localhost | CHANGED => {...}"
 
 
 def test_gpu_job_binding_validation_timeout_and_oom(tmp_path: Path) -> None:
-    report = ("import json,os;print(json.dumps({k: os.environ.get(k) for k in "
-              "('CUDA_VISIBLE_DEVICES','HIP_VISIBLE_DEVICES','ROCR_VISIBLE_DEVICES','FROM_ENV_FILE')}))")
+    report = (
+        "import json,os;print(json.dumps({k: os.environ.get(k) for k in "
+        "('CUDA_VISIBLE_DEVICES','HIP_VISIBLE_DEVICES','ROCR_VISIBLE_DEVICES','FROM_ENV_FILE')}))"
+    )
     out = str(tmp_path / "o.json")
     writer = f"import json;json.dump([{{'seed': 1}}], open({out!r}, 'w'))"
     marker = f"prng-test-sleep-{os.getpid()}"
     env_file = tmp_path / "worker.env"
     # The env file tries to point the worker at other GPUs: the slot's binding must win (i1).
-    env_file.write_text("export FROM_ENV_FILE=yes\nexport CUDA_VISIBLE_DEVICES=7\nexport ROCR_VISIBLE_DEVICES=5\n")
-    res = _gpu_job(tmp_path, [
-        {"id": "bind", "argv": [sys.executable, "-c", report]},
-        {"id": "ok", "argv": [sys.executable, "-c", writer], "outputs": [{"path": out, "kind": "json_list", "records": 1}]},
-        {"id": "noout", "argv": ["true"], "outputs": [{"path": str(tmp_path / "never.json"), "kind": "json"}]},
-        {"id": "slow", "argv": ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(300)' {marker} & wait"],
-         "timeout": 1},
-        {"id": "oom", "argv": ["sh", "-c", "exit 137"]},
-    ], gpu_type="rocm", gpu_index=2, env_file=str(env_file), kill_grace_seconds=0.5)
+    env_file.write_text(
+        "export FROM_ENV_FILE=yes\nexport CUDA_VISIBLE_DEVICES=7\nexport ROCR_VISIBLE_DEVICES=5\n"
+    )
+    res = _gpu_job(
+        tmp_path,
+        [
+            {"id": "bind", "argv": [sys.executable, "-c", report]},
+            {
+                "id": "ok",
+                "argv": [sys.executable, "-c", writer],
+                "outputs": [{"path": out, "kind": "json_list", "records": 1}],
+            },
+            {
+                "id": "noout",
+                "argv": ["true"],
+                "outputs": [{"path": str(tmp_path / "never.json"), "kind": "json"}],
+            },
+            {
+                "id": "slow",
+                "argv": ["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(300)' {marker} & wait"],
+                "timeout": 1,
+            },
+            {"id": "oom", "argv": ["sh", "-c", "exit 137"]},
+        ],
+        gpu_type="rocm",
+        gpu_index=2,
+        env_file=str(env_file),
+        kill_grace_seconds=0.5,
+    )
     jobs = {j["id"]: j for j in res["jobs"]}
-    assert jobs["bind"]["summary"] == {"CUDA_VISIBLE_DEVICES": "2", "HIP_VISIBLE_DEVICES": "2",
-                                       "ROCR_VISIBLE_DEVICES": None, "FROM_ENV_FILE": "yes"}
+    assert jobs["bind"]["summary"] == {
+        "CUDA_VISIBLE_DEVICES": "2",
+        "HIP_VISIBLE_DEVICES": "2",
+        "ROCR_VISIBLE_DEVICES": None,
+        "FROM_ENV_FILE": "yes",
+    }
     assert jobs["ok"]["status"] == "ok" and res["fetch"] == [{"src": out, "job_id": "ok"}]
-    assert jobs["noout"]["status"] == "invalid" and "missing" in jobs["noout"]["reason"]  # exit 0 is not success (i3)
+    assert (
+        jobs["noout"]["status"] == "invalid" and "missing" in jobs["noout"]["reason"]
+    )  # exit 0 is not success (i3)
     assert jobs["slow"]["status"] == "timeout"
     assert jobs["oom"]["status"] == "oom"
     # i16: the timeout killed the job's whole process group, not only its first process.
@@ -250,8 +341,16 @@ def test_gpu_job_stagger_spaces_worker_starts(tmp_path: Path) -> None:
     def slot(i: int) -> None:
         d = tmp_path / f"s{i}"
         d.mkdir()
-        results.append(_gpu_job(d, [{"id": f"j{i}", "argv": ["true"]}], gpu_type="rocm", gpu_index=i,
-                                start_stagger_seconds=1.5, state_dir=str(tmp_path / "state")))
+        results.append(
+            _gpu_job(
+                d,
+                [{"id": f"j{i}", "argv": ["true"]}],
+                gpu_type="rocm",
+                gpu_index=i,
+                start_stagger_seconds=1.5,
+                state_dir=str(tmp_path / "state"),
+            )
+        )
 
     threads = [threading.Thread(target=slot, args=(i,)) for i in range(2)]
     for t in threads:

@@ -193,3 +193,19 @@ def test_bad_columns(tmp_path: Path):
     with pytest.raises(InputError):
         write_survivors(tmp_path / "s.json", {"seeds": [-1]})
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("ext", ["json", "npz"])
+def test_slice_outside_the_file_is_refused(tmp_path: Path, ext: str):
+    p = tmp_path / f"s.{ext}"
+    write_survivors(p, _cols())
+    assert read_survivors(p, 4, 4)["seeds"].tolist() == []
+    for start, stop in ((0, 5), (3, 2), (-1, 2), (5, None)):
+        with pytest.raises(InputError, match="outside"):
+            read_survivors(p, start, stop)
+
+
+def test_unsorted_write_keeps_order(tmp_path: Path):
+    p = tmp_path / "s.npz"
+    write_survivors(p, _cols(), sort_by_seed=False)
+    assert read_survivors(p)["seeds"].tolist() == _cols()["seeds"].tolist()

@@ -30,10 +30,17 @@ def probe(scenario: str, **kw) -> dict:
     base = FIX / scenario
     tools = {"amd_smi": "amd-smi", "rocm_smi": "rocm-smi", "nvidia_smi": "nvidia-smi"}
     # explicit paths: a tool missing from the scenario is "not installed" (never the host's PATH)
-    paths = {k: str(base / "bin" / v) if (base / "bin" / v).exists() else NOWHERE + "/" + v
-             for k, v in tools.items()}
-    return gpu_tools.probe(paths, sysfs_root=str(base / "sys"), rocm_path=str(base / "rocm"),
-                           proc_root=str(base / "proc"), timeout=kw.get("timeout", 20))
+    paths = {
+        k: str(base / "bin" / v) if (base / "bin" / v).exists() else NOWHERE + "/" + v
+        for k, v in tools.items()
+    }
+    return gpu_tools.probe(
+        paths,
+        sysfs_root=str(base / "sys"),
+        rocm_path=str(base / "rocm"),
+        proc_root=str(base / "proc"),
+        timeout=kw.get("timeout", 20),
+    )
 
 
 def read(scenario: str, tool: str, key: str) -> str:
@@ -85,21 +92,28 @@ def test_i24_rocm_smi_concise_table_alone_flags_na_and_unknown() -> None:
 
 
 def test_rocm_smi_concise_rocm5_layout() -> None:
-    text = ("\n\n======================= ROCm System Management Interface =======================\n"
-            "================================= Concise Info =================================\n"
-            "GPU  Temp (DieEdge)  AvgPwr  SCLK    MCLK     Fan     Perf  PwrCap  VRAM%  GPU%  \n"
-            "0    38.0c           8.0W    700Mhz  96Mhz    0%      auto  100.0W    0%   0%    \n"
-            "1    N/A             N/A     N/A     N/A      0%      unknown  N/A    0%   0%    \n"
-            "================================================================================\n"
-            "============================= End of ROCm SMI Log ==============================\n")
+    text = (
+        "\n\n======================= ROCm System Management Interface =======================\n"
+        "================================= Concise Info =================================\n"
+        "GPU  Temp (DieEdge)  AvgPwr  SCLK    MCLK     Fan     Perf  PwrCap  VRAM%  GPU%  \n"
+        "0    38.0c           8.0W    700Mhz  96Mhz    0%      auto  100.0W    0%   0%    \n"
+        "1    N/A             N/A     N/A     N/A      0%      unknown  N/A    0%   0%    \n"
+        "================================================================================\n"
+        "============================= End of ROCm SMI Log ==============================\n"
+    )
     rows = gpu_tools.parse_rocm_smi_concise(text)
-    assert [(r["index"], r["sclk"], r["perf"]) for r in rows] == [(0, "700Mhz", "auto"), (1, "N/A", "unknown")]
+    assert [(r["index"], r["sclk"], r["perf"]) for r in rows] == [
+        (0, "700Mhz", "auto"),
+        (1, "N/A", "unknown"),
+    ]
 
 
 def test_rocm_smi_json_after_warning_line() -> None:
     # rocm-smi prints warnings before the JSON (seen on hosts with GPUs in low-power state)
-    text = ("WARNING: AMD GPU device(s) is/are in a low-power state. Check power control/runtime_status\n\n"
-            + read("rig6600_rocm_smi_healthy", "rocm-smi", "showallinfo"))
+    text = (
+        "WARNING: AMD GPU device(s) is/are in a low-power state. Check power control/runtime_status\n\n"
+        + read("rig6600_rocm_smi_healthy", "rocm-smi", "showallinfo")
+    )
     parsed = gpu_tools.parse_rocm_smi_json(text)
     assert len(parsed["gpus"]) == 12 and parsed["driver_version"] == "6.8.5"
 
@@ -113,16 +127,41 @@ def test_i24_amd_smi_hung_gpu_flagged_and_preferred_over_rocm_smi() -> None:
     hung = f["gpus"][3]
     assert hung["sclk_mhz"] is None and "UNKNOWN" in hung["perf_level"]
     ok = f["gpus"][0]
-    assert (ok["sclk_mhz"], ok["mclk_mhz"], ok["memory_total_mb"], ok["memory_used_mb"]) == (700, 96, 8176, 11)
+    assert (ok["sclk_mhz"], ok["mclk_mhz"], ok["memory_total_mb"], ok["memory_used_mb"]) == (
+        700,
+        96,
+        8176,
+        11,
+    )
 
 
 def test_amd_smi_list_layout_of_rocm_6_0() -> None:
-    static = json.dumps([{"gpu": 0, "asic": {"market_name": "Navi 23", "device_id": "0x73ff",
-                                             "target_graphics_version": "gfx1032", "asic_serial": "N/A"},
-                          "bus": {"bdf": "0000:03:00.0"}, "driver": {"name": "amdgpu", "version": "6.3.6"},
-                          "vram": {"type": "GDDR6", "vendor": "SAMSUNG", "size": "8176 MB"}}])
-    metric = json.dumps([{"gpu": 0, "clock": {"gfx_0": {"clk": "N/A"}, "mem_0": {"clk": "N/A"}},
-                          "perf_level": "N/A", "temperature": {"edge": "N/A"}}])
+    static = json.dumps(
+        [
+            {
+                "gpu": 0,
+                "asic": {
+                    "market_name": "Navi 23",
+                    "device_id": "0x73ff",
+                    "target_graphics_version": "gfx1032",
+                    "asic_serial": "N/A",
+                },
+                "bus": {"bdf": "0000:03:00.0"},
+                "driver": {"name": "amdgpu", "version": "6.3.6"},
+                "vram": {"type": "GDDR6", "vendor": "SAMSUNG", "size": "8176 MB"},
+            }
+        ]
+    )
+    metric = json.dumps(
+        [
+            {
+                "gpu": 0,
+                "clock": {"gfx_0": {"clk": "N/A"}, "mem_0": {"clk": "N/A"}},
+                "perf_level": "N/A",
+                "temperature": {"edge": "N/A"},
+            }
+        ]
+    )
     parsed = gpu_tools.parse_amd_smi(static, metric, json.dumps({"rocm_version": "6.0.2"}))
     gpu = parsed["gpus"][0]
     assert (parsed["driver_version"], parsed["rocm_version"]) == ("6.3.6", "6.0.2")
@@ -135,9 +174,18 @@ def test_amd_smi_failing_falls_back_to_rocm_smi(tmp_path: Path) -> None:
     shutil.copy(FIX / "fake_smi.py", tmp_path / "fake_smi.py")
     (scn / "amd-smi" / "static.rc").write_text("1\n")
     (scn / "amd-smi" / "static.out").write_text("")
-    (scn / "amd-smi" / "static.err").write_text("ERROR:root:Unable to detect any GPU devices, check amdgpu version and module status (sudo modprobe amdgpu)\n")
-    paths = {"amd_smi": str(scn / "bin/amd-smi"), "rocm_smi": str(scn / "bin/rocm-smi"), "nvidia_smi": NOWHERE}
-    f = gpu_tools.probe(paths, sysfs_root=str(scn / "sys"), rocm_path=str(scn / "rocm"), proc_root=str(scn / "proc"))
+    (scn / "amd-smi" / "static.err").write_text(
+        "ERROR:root:Unable to detect any GPU devices, check amdgpu version and module status"
+        " (sudo modprobe amdgpu)\n"
+    )
+    paths = {
+        "amd_smi": str(scn / "bin/amd-smi"),
+        "rocm_smi": str(scn / "bin/rocm-smi"),
+        "nvidia_smi": NOWHERE,
+    }
+    f = gpu_tools.probe(
+        paths, sysfs_root=str(scn / "sys"), rocm_path=str(scn / "rocm"), proc_root=str(scn / "proc")
+    )
     assert f["tools_tried"] == ["amd-smi", "rocm-smi"] and f["tool"] == "rocm-smi"
     assert any("amd-smi static rc=1" in e and "Unable to detect" in e for e in f["errors"])
     assert f["unhealthy"] == [3]
@@ -170,7 +218,10 @@ def test_nvidia_lost_gpu_flagged() -> None:
 
 
 def test_nvidia_csv_unknown_error_values() -> None:
-    line = "0, NVIDIA GeForce RTX 3080 Ti, GPU-1, 00000000:17:00.0, 550.54.14, Default, 8.6, 12288, [Unknown Error], [Unknown Error], [N/A], P0\n"
+    line = (
+        "0, NVIDIA GeForce RTX 3080 Ti, GPU-1, 00000000:17:00.0, 550.54.14, Default, 8.6, 12288,"
+        " [Unknown Error], [Unknown Error], [N/A], P0\n"
+    )
     gpus, errors = gpu_tools.parse_nvidia_csv(line)
     assert errors == [] and gpus[0]["healthy"] is False and gpus[0]["memory_used_mb"] is None
 
@@ -182,13 +233,23 @@ def test_nvidia_old_driver_without_compute_cap() -> None:
     def runner(argv: list, timeout: float) -> tuple:
         calls.append(argv)
         if argv[1:2] == ["-q"]:
-            return 0, "Driver Version                            : 470.256.02\nCUDA Version                              : 11.4\n", ""
+            return (
+                0,
+                "Driver Version                            : 470.256.02\n"
+                "CUDA Version                              : 11.4\n",
+                "",
+            )
         if "compute_cap" in argv[1]:
             return 2, 'Field "compute_cap" is not a valid field to query.\n', ""
         return 0, row, ""
 
-    f = gpu_tools.probe({"nvidia_smi": sys.executable, "amd_smi": NOWHERE, "rocm_smi": NOWHERE},
-                        sysfs_root=NOWHERE, rocm_path=NOWHERE, proc_root=NOWHERE, runner=runner)
+    f = gpu_tools.probe(
+        {"nvidia_smi": sys.executable, "amd_smi": NOWHERE, "rocm_smi": NOWHERE},
+        sysfs_root=NOWHERE,
+        rocm_path=NOWHERE,
+        proc_root=NOWHERE,
+        runner=runner,
+    )
     assert f["count"] == 1 and f["runtime_version"] == "11.4" and f["arch"] is None
     assert "compute_cap" not in calls[1][1]
 
@@ -204,7 +265,13 @@ def test_nvidia_driver_not_loaded_degrades_to_sysfs() -> None:
 # ------------------------------------------------------------------ no tool
 def test_no_tool_no_gpu() -> None:
     f = probe("no_tool")
-    assert (f["vendor"], f["gpu_type"], f["tool"], f["count"], f["tools_tried"]) == ("none", "cpu", None, 0, [])
+    assert (f["vendor"], f["gpu_type"], f["tool"], f["count"], f["tools_tried"]) == (
+        "none",
+        "cpu",
+        None,
+        0,
+        [],
+    )
     assert f["errors"] == [] and f["gfxoff"]["gfxoff_disabled"] is None
 
 
@@ -218,8 +285,13 @@ def test_hung_tool_times_out(tmp_path: Path) -> None:
     tool = tmp_path / "rocm-smi"
     tool.write_text("#!/bin/sh\nexec sleep 30\n")
     tool.chmod(0o755)
-    f = gpu_tools.probe({"rocm_smi": str(tool), "amd_smi": NOWHERE, "nvidia_smi": NOWHERE},
-                        sysfs_root=NOWHERE, rocm_path=NOWHERE, proc_root=NOWHERE, timeout=0.3)
+    f = gpu_tools.probe(
+        {"rocm_smi": str(tool), "amd_smi": NOWHERE, "nvidia_smi": NOWHERE},
+        sysfs_root=NOWHERE,
+        rocm_path=NOWHERE,
+        proc_root=NOWHERE,
+        timeout=0.3,
+    )
     assert f["count"] == 0
     assert any("timed out" in e for e in f["errors"])
 
@@ -242,9 +314,15 @@ def test_gfxoff_state_variants(tmp_path: Path) -> None:
 def test_module_expected_count_and_search_path(monkeypatch: pytest.MonkeyPatch) -> None:
     base = FIX / "rig6600_rocm_smi_hung"
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    rc, out = run_module({"search_path": [str(base / "bin")], "sysfs_root": str(base / "sys"),
-                          "proc_root": str(base / "proc"), "rocm_path": str(base / "rocm"),
-                          "expected_count": 13})
+    rc, out = run_module(
+        {
+            "search_path": [str(base / "bin")],
+            "sysfs_root": str(base / "sys"),
+            "proc_root": str(base / "proc"),
+            "rocm_path": str(base / "rocm"),
+            "expected_count": 13,
+        }
+    )
     assert rc == 0 and out["changed"] is False
     assert out["problems"][0].startswith("12 of 13 expected GPUs found")
     assert any(p.startswith("GPU 7: ") for p in out["problems"])
@@ -253,9 +331,19 @@ def test_module_expected_count_and_search_path(monkeypatch: pytest.MonkeyPatch) 
     assert rc == 1 and "timeout must be > 0" in out["msg"]
 
 
-@pytest.mark.parametrize("arch,expected", [("gfx1032", "10.3.0"), ("gfx1031", "10.3.0"), ("gfx1030", None),
-                                           ("gfx1103", "11.0.0"), ("gfx90c", "9.0.0"), ("gfx90a", None),
-                                           (None, None), ("sm_86", None)])
+@pytest.mark.parametrize(
+    "arch,expected",
+    [
+        ("gfx1032", "10.3.0"),
+        ("gfx1031", "10.3.0"),
+        ("gfx1030", None),
+        ("gfx1103", "11.0.0"),
+        ("gfx90c", "9.0.0"),
+        ("gfx90a", None),
+        (None, None),
+        ("sm_86", None),
+    ],
+)
 def test_hsa_override_derived_from_arch(arch: str, expected: str) -> None:
     assert gpu_tools.hsa_override_for(arch) == expected
 

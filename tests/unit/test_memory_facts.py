@@ -164,9 +164,9 @@ def test_i26_real_cgroup_limit_read_from_inside() -> None:
         pytest.skip(f"cannot create a memory cgroup here: {exc}")
     try:
         (cg / limit_file).write_text(str(512 * M))
-        code = ("import json,sys; sys.path.insert(0, %r);"
+        code = ("import json,sys; sys.path.insert(0, {!r});"
                 "from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts;"
-                "print(json.dumps(memory_facts()))" % str(ROOT / "collections"))
+                "print(json.dumps(memory_facts()))".format(str(ROOT / "collections")))
         procs = str(cg / "cgroup.procs")
 
         def enter() -> None:  # runs in the child before exec: join the cgroup

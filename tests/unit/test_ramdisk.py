@@ -107,6 +107,19 @@ def test_i13_changed_source_only_that_file_recopied(root: Path, sources: dict[st
     assert (root / "step3" / "train_history.json").read_bytes() == sources["train_history.json"].read_bytes()
 
 
+def test_plan_reads_no_loaded_file_when_the_manifest_answers(
+    root: Path, sources: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unchanged and changed sources are both decided from the manifest records (size +
+    mtime of the loaded copy unchanged), so a re-run never re-reads large loaded files."""
+    preload(root, "step3", sources)
+    sources["survivors.npz"].write_bytes(os.urandom(300_000))  # same size, new content
+    hashed: list[str] = []
+    monkeypatch.setattr(rd, "hash_file", lambda p: hashed.append(p) or "0" * 64)
+    plan = rd.plan_preload(str(root), "step3", [entry(p) for p in sources.values()])
+    assert plan["needed"] == ["survivors.npz"] and hashed == []
+
+
 def test_i13_same_size_same_mtime_change_found_by_full_verify(root: Path, sources: dict[str, Path]) -> None:
     preload(root, "step3", sources)
     dest = root / "step3" / "survivors.npz"

@@ -181,3 +181,32 @@ def test_i2_gpu_backend_without_gpu_fails_loudly():
     with pytest.raises(InputError, match="no usable GPU"):
         run_sieve(job, "gpu")
     assert run_sieve(job, "auto").backend == "cpu"  # auto reports what it really used
+
+
+@pytest.mark.parametrize("family", ["java_lcg", "pcg32", "xorshift64"])
+def test_top_of_the_64bit_seed_range(family: str):
+    rng = np.random.default_rng(9)
+    r = rng.integers(0, 10, 12)
+    job = SieveJob(family, r, 10, 1, 0, 3, 0.25, 2**64 - 200, 2**64)
+    a = numpy_sieve_range(job, job.seed_start, job.seed_end)
+    b = cpu_range(job, job.seed_start, job.seed_end)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    res = run_sieve(job, "cpu")
+    assert res.columns["seeds"].dtype == np.uint64
+    assert int(res.columns["seeds"].max()) <= 2**64 - 1
+
+
+@pytest.mark.parametrize("family", ["java_lcg", "minstd", "pcg32"])
+def test_high_threshold_survivors_identical(family: str):
+    # threshold 0.85: nearly every block of the compiled kernel stops early; the noisy planted
+    # seed (5% of its draws changed) must still come out with its exact count and skip
+    seed = 1_234_567
+    hist, intact = make_history(family, seed, 160, skip=2, noise=0.05, noise_seed=4, m=4)
+    job = make_job(family, hist, window=128, skip_max=3, threshold=0.85, m=4, seed_start=seed - 20_000,
+                   seed_end=seed + 20_000)
+    a, b = run_sieve(job, "numpy").columns, run_sieve(job, "cpu").columns
+    assert a["seeds"].tolist() == [seed] and a["best_skip"].tolist() == [2]
+    assert a["matches"].tolist() == [int(intact[:128].sum())]
+    for key in ("seeds", "matches", "best_skip"):
+        np.testing.assert_array_equal(a[key], b[key])

@@ -148,7 +148,8 @@ def test_intersect_bidirectional(tmp_path: Path, capsys: pytest.CaptureFixture[s
     f = _pass(tmp_path, f"f.{ext}", [1, 5, 2**48 + 9, 70], [0.5, 0.25, 1.0, 0.1])
     r = _pass(tmp_path, f"r.{ext}", [5, 2**48 + 9, 71], [0.75, 0.5, 0.2], direction="reverse")
     out = tmp_path / f"b.{ext}"
-    rc, stdout, err = run_main(["intersect", "--forward", str(f), "--reverse", str(r), "--out", str(out)], capsys)
+    argv = ["intersect", "--forward", str(f), "--reverse", str(r), "--out", str(out)]
+    rc, stdout, err = run_main(argv, capsys)
     assert rc == 0, err
     assert json.loads(stdout)["bidirectional"] == 2
     cols = read_survivors(out)
@@ -190,13 +191,30 @@ def test_i28_family_mismatch_and_identical_passes_refused(tmp_path: Path, capsys
     assert not (tmp_path / "b.npz").exists()
 
 
-def test_i28_end_to_end_forward_and_reverse_runs(tmp_path: Path, hist: Path, capsys: pytest.CaptureFixture[str]):
+def test_i28_end_to_end_forward_and_reverse_runs(tmp_path: Path, hist: Path,
+                                                 capsys: pytest.CaptureFixture[str]):
     f, r, b = tmp_path / "f.npz", tmp_path / "r.npz", tmp_path / "b.json"
     lo = dict(threshold=0.1, window=10)
     assert run_main(args(hist, f, **lo), capsys)[0] == 0
     assert run_main(args(hist, r, direction="reverse", **lo), capsys)[0] == 0
     assert survivors_params(f)["direction"] == "forward" and survivors_params(r)["direction"] == "reverse"
-    rc, stdout, err = run_main(["intersect", "--forward", str(f), "--reverse", str(r), "--out", str(b)], capsys)
+    argv = ["intersect", "--forward", str(f), "--reverse", str(r), "--out", str(b)]
+    rc, stdout, err = run_main(argv, capsys)
     assert rc == 0, err
     both = set(read_survivors(f)["seeds"].tolist()) & set(read_survivors(r)["seeds"].tolist())
     assert set(read_survivors(b)["seeds"].tolist()) == both
+
+
+def test_i27_48bit_planted_seed_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    seed = 2**47 + 987_654_321  # needs 48 bits: uint32 would truncate it
+    h, _ = make_history("java_lcg", seed, 40, skip=1)
+    hp = tmp_path / "h.json"
+    hp.write_text(json.dumps(h))
+    out = tmp_path / "s.npz"
+    argv = args(hp, out, offset=0, window=30, seed_start=seed - 100, seed_end=seed + 100)
+    rc, _, err = run_main(argv, capsys)
+    assert rc == 0, err
+    cols = read_survivors(out)
+    assert cols["seeds"].dtype == np.uint64 and cols["seeds"].tolist() == [seed]
+    with np.load(out) as z:
+        assert z["seeds"].dtype == np.uint64 and int(z["seeds"][0]) == seed

@@ -152,6 +152,8 @@ def _column(name: str, values: Sequence[Any]) -> np.ndarray:
     if name == "seeds":
         return _seed_column(values)
     if all(_is_int(v) for v in values):
+        if any(not -(1 << 63) <= v < 1 << 63 for v in values):
+            raise InputError(f"survivors field {name!r}: integer outside int64")
         return np.asarray(values, dtype=np.int64)
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=np.float64)
@@ -204,14 +206,14 @@ def _py(v: Any) -> Any:
 
 
 def write_survivors(path: str | os.PathLike[str], data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-                    params: Mapping[str, Any] | None = None) -> int:
-    """Write survivors sorted by seed, atomically; returns the record count.
+                    params: Mapping[str, Any] | None = None, sort_by_seed: bool = True) -> int:
+    """Write survivors (sorted by seed unless `sort_by_seed=False`), atomically; returns the count.
 
     `params` (job parameters: family, direction, window, ...) go into every JSON record and
     into the NPZ sidecar. Unwritable destinations raise InputError, leaving nothing behind."""
     kind = _kind(path)
     cols = normalize_columns(data)
-    order = np.argsort(cols["seeds"], kind="stable")
+    order = np.argsort(cols["seeds"], kind="stable") if sort_by_seed else np.arange(0)
     if order.size and not np.array_equal(order, np.arange(order.size)):
         cols = {k: v[order] for k, v in cols.items()}
     n = int(cols["seeds"].shape[0])
@@ -307,6 +309,15 @@ def _npz_members(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_slice(p: Path, start: int | None, stop: int | None, n: int) -> slice:
+    """Rows [start, stop) must lie inside the file: a silently clamped slice would lose work."""
+    lo = 0 if start is None else int(start)
+    hi = n if stop is None else int(stop)
+    if not 0 <= lo <= hi <= n:
+        raise InputError(f"survivors {p}: rows [{lo}, {hi}) are outside the file's {n} records")
+    return slice(lo, hi)
+
+
 def read_survivors(path: str | os.PathLike[str], start: int | None = None,
                    stop: int | None = None) -> dict[str, np.ndarray]:
     """Survivor columns (rows [start, stop)), `seeds` as uint64, from .json or .npz.
@@ -317,11 +328,11 @@ def read_survivors(path: str | os.PathLike[str], start: int | None = None,
     kind = _kind(p)
     if not p.exists():
         raise InputError(f"survivors {p}: file not found")
-    sl = slice(start, stop)
     if kind == "json":
         data = _load_json(p, "survivors")
         if not isinstance(data, list):
             raise InputError(f"survivors {p}: expected a JSON list of records")
+        sl = _check_slice(p, start, stop, len(data))
         return normalize_columns(records_to_columns(data[sl], f"survivors {p}"))
     meta = read_meta(p)
     members = _npz_members(p)
@@ -333,6 +344,7 @@ def read_survivors(path: str | os.PathLike[str], start: int | None = None,
             raise InputError(f"survivors {p}: column {k!r} has {v.shape} rows, sidecar says {n}")
     if members["seeds"].dtype != np.uint64:
         raise InputError(f"survivors {p}: seeds are {members['seeds'].dtype}, expected uint64 (i27)")
+    sl = _check_slice(p, start, stop, n)
     return {k: np.array(v[sl]) for k, v in members.items()}
 
 

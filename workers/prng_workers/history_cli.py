@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         history, intact = make_history(args.family, args.seed, args.count, skip=args.skip, offset=args.offset,
                                        m=args.mod, noise=args.noise, noise_seed=args.noise_seed,
                                        sessions=args.sessions, start_date=args.start_date)
+        for path in (args.out, args.train_out, args.holdout_out):  # check all before writing any
+            if path:
+                parent = Path(path).parent
+                if not parent.is_dir() or not os.access(parent, os.W_OK):
+                    raise InputError(f"cannot write output {path}: folder missing or not writable")
         draws = [h["draw"] for h in history]
         cut = int(len(draws) * args.train_fraction)
         try:

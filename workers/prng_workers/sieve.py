@@ -112,7 +112,9 @@ def numpy_sieve_range(job: SieveJob, start: int, end: int) -> tuple[np.ndarray, 
     best_skip = np.zeros(n, dtype=np.int32)
     p_lo = job.offset + job.skip_min
     stream_len = job.offset + k * (job.skip_max + 1) - p_lo
-    use_stream = stream_len <= 4 * k * job.n_skips + 1024  # else per-skip jump-ahead draws
+    # one shared stream when it is not much longer than the draws compared (and fits ~32 MB for
+    # 16 seeds); else per-skip draws (jump-ahead), whose width is only k
+    use_stream = stream_len <= 4 * k * job.n_skips + 1024 and stream_len <= 1 << 18
     width = stream_len if use_stream else k
     chunk = max(16, (1 << 22) // max(width, 1))
     i = np.arange(k, dtype=np.int64)

@@ -106,8 +106,9 @@ def run_sieve_cmd(argv: list[str]) -> dict[str, Any]:
                    skip_max=args.skip_max, threshold=args.threshold, m=args.mod, sessions=args.sessions,
                    seed_start=args.seed_start, seed_end=args.seed_end, direction=args.direction)
     result = run_sieve(job, args.backend)
-    params = job.params() | {"backend": result.backend}
-    write_survivors(out, result.columns, params)
+    # no backend in the file's params: backends give identical survivors, and chunks of one pass
+    # run on different hosts/backends must merge (the summary line reports the backend)
+    write_survivors(out, result.columns, job.params())
     secs = max(result.seconds, 1e-9)
     return {"seeds_tested": result.seeds_tested, "survivors": result.survivors,
             "seconds": round(result.seconds, 6), "seeds_per_s": result.seeds_tested / secs,

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Controller side of the fan-out: plan jobs, pull them through free GPU slots over

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Jobs and their durable journal on the controller.
@@ -17,7 +16,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 STATES = ("queued", "running", "done", "failed", "split")
 
@@ -35,17 +34,17 @@ class Job:
     argv: List[str]
     outputs: List[Dict[str, Any]] = field(default_factory=list)
     units: int = 1
-    range: Optional[List[int]] = None
-    timeout: Optional[float] = None
+    range: List[int] | None = None
+    timeout: float | None = None
     env: Dict[str, str] = field(default_factory=dict)
-    parent: Optional[str] = None
+    parent: str | None = None
     # runtime state, rebuilt from the journal
     state: str = "queued"
     attempts: int = 0
     requeues: int = 0
     avoid: List[str] = field(default_factory=list)
     not_before: float = 0.0
-    host: Optional[str] = None
+    host: str | None = None
     reason: str = ""
     duration_s: float = 0.0
     result: Dict[str, Any] = field(default_factory=dict)
@@ -56,7 +55,7 @@ class Job:
         return {k: v for k, v in asdict(self).items() if k in self.SPEC_FIELDS}
 
     @classmethod
-    def from_spec(cls, spec: Dict[str, Any]) -> "Job":
+    def from_spec(cls, spec: Dict[str, Any]) -> Job:
         return cls(**{k: spec[k] for k in cls.SPEC_FIELDS if k in spec})
 
     @property
@@ -95,9 +94,12 @@ def hash_inputs(inputs: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
         if not path:
             continue
         if not os.path.isfile(path):
-            raise FileNotFoundError("input %s not found: %s" % (name, path))
-        out[name] = {"path": os.path.abspath(path), "sha256": file_sha256(path),
-                     "bytes": os.path.getsize(path)}
+            raise FileNotFoundError(f"input {name} not found: {path}")
+        out[name] = {
+            "path": os.path.abspath(path),
+            "sha256": file_sha256(path),
+            "bytes": os.path.getsize(path),
+        }
     return out
 
 
@@ -105,7 +107,7 @@ class Journal:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, "journal.jsonl")
-        self._fh: Optional[Any] = None
+        self._fh: Any | None = None
 
     # -- creation / resume -------------------------------------------------------------
     def exists(self) -> bool:
@@ -130,10 +132,14 @@ class Journal:
             a, b = old.get(name), inputs.get(name)
             if a is None or b is None or a["sha256"] != b["sha256"]:
                 raise ResumeRefused(
-                    "input %r changed since run %s was started (sha256 %s -> %s); refusing to mix "
-                    "results: use another run folder or start afresh (fresh_run=true)"
-                    % (name, self.header().get("run_id"), (a or {}).get("sha256", "none")[:12],
-                       (b or {}).get("sha256", "none")[:12]))
+                    "input {!r} changed since run {} was started (sha256 {} -> {}); refusing to mix "
+                    "results: use another run folder or start afresh (fresh_run=true)".format(
+                        name,
+                        self.header().get("run_id"),
+                        (a or {}).get("sha256", "none")[:12],
+                        (b or {}).get("sha256", "none")[:12],
+                    )
+                )
 
     def load(self) -> Dict[str, Job]:
         """Jobs of the plan with the journal replayed; 'running' ones go back to queued."""

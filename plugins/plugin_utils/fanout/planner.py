@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Plans: the jobs of a step, what each job's output must hold, and how many slots each
@@ -15,14 +14,23 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import seeds_digest
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import Job
 
 # Tokens a job's argv and output paths may hold; the dispatcher fills them per host/slot.
-TOKENS = ("{worker_bin}", "{input_dir}", "{out}", "{backend}", "{device}", "{job_id}",
-          "{start}", "{stop}", "{gpu}")
+TOKENS = (
+    "{worker_bin}",
+    "{input_dir}",
+    "{out}",
+    "{backend}",
+    "{device}",
+    "{job_id}",
+    "{start}",
+    "{stop}",
+    "{gpu}",
+)
 
 
 class PlanError(ValueError):
@@ -30,14 +38,14 @@ class PlanError(ValueError):
 
 
 # -- memory model and slots ------------------------------------------------------------
-def load_memory_model(path: Optional[str]) -> Optional[Dict[str, Any]]:
+def load_memory_model(path: str | None) -> Dict[str, Any] | None:
     if not path or not os.path.exists(path):
         return None
     with open(path) as fh:
         return json.load(fh)
 
 
-def predict_peak_mb(model: Optional[Dict[str, Any]], backend: str, chunk_size: int, n_draws: int) -> float:
+def predict_peak_mb(model: Dict[str, Any] | None, backend: str, chunk_size: int, n_draws: int) -> float:
     """Predicted peak MiB of one worker (contract in docs/architecture.md)."""
     if not model:
         return 0.0
@@ -45,7 +53,7 @@ def predict_peak_mb(model: Optional[Dict[str, Any]], backend: str, chunk_size: i
     m = models.get(backend) or models.get("numpy") or next(iter(models.values()), None)
     if not m:
         return 0.0
-    return float(m["base_mb"]) + float(m["bytes_per_seed_draw"]) * chunk_size * n_draws / 2 ** 20
+    return float(m["base_mb"]) + float(m["bytes_per_seed_draw"]) * chunk_size * n_draws / 2**20
 
 
 @dataclass
@@ -56,13 +64,13 @@ class HostSpec:
     gpu_type: str = "cpu"
     gpu_count: int = 0
     max_concurrent_jobs: int = 1
-    memory_available_mb: Optional[float] = None
+    memory_available_mb: float | None = None
     memory_margin_pct: float = 20.0
     start_stagger_seconds: float = 0.0
     prng_home: str = "~/prng-cluster"
     worker_bin: str = "~/prng-cluster/venv/bin"
     input_dir: str = ""
-    env_file: Optional[str] = None
+    env_file: str | None = None
     backend: str = "numpy"
     device: str = "cpu"
     slots: int = 0
@@ -74,29 +82,44 @@ def slots_for(host: HostSpec, worker_mb: float) -> int:
     """min(GPU count or CPU limit, configured limit, what fits in memory); at least 1."""
     base = host.gpu_count if host.gpu_type != "cpu" and host.gpu_count > 0 else host.max_concurrent_jobs
     limit = min(base, host.max_concurrent_jobs)
-    reason = "gpu_count=%d max_concurrent_jobs=%d" % (host.gpu_count, host.max_concurrent_jobs)
+    reason = f"gpu_count={host.gpu_count} max_concurrent_jobs={host.max_concurrent_jobs}"
     if host.memory_available_mb and worker_mb > 0:
         usable = host.memory_available_mb * (1 - host.memory_margin_pct / 100.0)
         fit = int(math.floor(usable / worker_mb))
-        reason += " memory_fit=%d (%.0f MiB usable / %.0f MiB per worker)" % (fit, usable, worker_mb)
+        reason += f" memory_fit={fit} ({usable:.0f} MiB usable / {worker_mb:.0f} MiB per worker)"
         limit = min(limit, fit)
     host.slot_reason = reason
     host.slots = max(1, limit)
     return host.slots
 
 
-def pick_chunk_size(hosts: List[HostSpec], model: Optional[Dict[str, Any]], backend: str,
-                    wanted: int, n_draws: int, min_chunk: int = 100) -> int:
+def model_backend(host: HostSpec) -> str:
+    """Which memory model applies: torch workers carry the framework's footprint."""
+    return "torch" if host.backend in ("torch", "gpu") else "numpy"
+
+
+def pick_chunk_size(
+    hosts: List[HostSpec],
+    model: Dict[str, Any] | None,
+    backend: str | None,
+    wanted: int,
+    n_draws: int,
+    min_chunk: int = 100,
+) -> int:
     """Largest chunk <= wanted with which every host still runs all its slots in memory;
-    smaller chunks, not fewer workers, keep GPUs busy (seed 004)."""
+    smaller chunks, not fewer workers, keep GPUs busy (seed 004). `backend` None: each
+    host's own."""
     chunk = wanted
     for host in hosts:
         if not host.memory_available_mb or not model:
             continue
+        host_backend = backend or model_backend(host)
         base = host.gpu_count if host.gpu_type != "cpu" and host.gpu_count > 0 else host.max_concurrent_jobs
         want_slots = max(1, min(base, host.max_concurrent_jobs))
         usable = host.memory_available_mb * (1 - host.memory_margin_pct / 100.0)
-        while chunk > min_chunk and predict_peak_mb(model, backend, chunk, n_draws) * want_slots > usable:
+        while (
+            chunk > min_chunk and predict_peak_mb(model, host_backend, chunk, n_draws) * want_slots > usable
+        ):
             chunk = max(min_chunk, int(chunk * 0.8))
     return chunk
 
@@ -112,6 +135,14 @@ class Plan:
 
     def inputs(self) -> Dict[str, str]:
         return {}
+
+    BACKENDS: Dict[str, str] = {}
+
+    def adapt_host(self, host: HostSpec) -> None:
+        """Map the host's `worker_backend` (cpu/numpy/gpu/torch...) onto this worker's names."""
+        host.backend = self.BACKENDS.get(host.backend, host.backend)
+        if host.device in ("", "auto"):
+            host.device = "cuda" if host.backend in ("torch", "gpu") else "cpu"
 
     def make_jobs(self) -> List[Job]:
         raise NotImplementedError
@@ -146,14 +177,14 @@ class ListPlan(Plan):
             with open(path) as fh:
                 doc = json.load(fh)
         except (OSError, ValueError) as exc:
-            raise PlanError("cannot read jobs file %s: %s" % (path, exc))
+            raise PlanError(f"cannot read jobs file {path}: {exc}") from None
         raw = doc["jobs"] if isinstance(doc, dict) else doc
         jobs: List[Job] = []
         seen = set()
         for i, item in enumerate(raw):
-            job_id = str(item.get("id") or item.get("job_id") or "job%04d" % i)
+            job_id = str(item.get("id") or item.get("job_id") or f"job{i:04d}")
             if job_id in seen:
-                raise PlanError("job id %s appears twice in %s" % (job_id, path))
+                raise PlanError(f"job id {job_id} appears twice in {path}")
             seen.add(job_id)
             if "argv" in item:
                 argv = [str(a) for a in item["argv"]]
@@ -161,20 +192,26 @@ class ListPlan(Plan):
                 argv = [self.params.get("python", "{worker_bin}/python"), str(item["script"])]
                 argv += [str(a) for a in item.get("args", [])]
             else:
-                raise PlanError("job %s has neither argv nor script" % job_id)
+                raise PlanError(f"job {job_id} has neither argv nor script")
             outputs = item.get("outputs")
             if outputs is None and item.get("output"):
                 outputs = [{"path": item["output"], "kind": item.get("output_kind", "json")}]
             if not outputs:
-                raise PlanError("job %s names no output: success is judged by its output file (i3)" % job_id)
+                raise PlanError(f"job {job_id} names no output: success is judged by its output file (i3)")
             rng = item.get("range")
-            jobs.append(Job(id=job_id, argv=argv, outputs=list(outputs),
-                            units=int(item.get("units", (rng[1] - rng[0]) if rng else 1)),
-                            range=list(rng) if rng else None,
-                            timeout=item.get("timeout", self.params.get("timeout")),
-                            env={str(k): str(v) for k, v in (item.get("env") or {}).items()}))
+            jobs.append(
+                Job(
+                    id=job_id,
+                    argv=argv,
+                    outputs=list(outputs),
+                    units=int(item.get("units", (rng[1] - rng[0]) if rng else 1)),
+                    range=list(rng) if rng else None,
+                    timeout=item.get("timeout", self.params.get("timeout")),
+                    env={str(k): str(v) for k, v in (item.get("env") or {}).items()},
+                )
+            )
         if not jobs:
-            raise PlanError("jobs file %s holds no jobs" % path)
+            raise PlanError(f"jobs file {path} holds no jobs")
         return jobs
 
     def expect(self, job: Job) -> Dict[str, Any]:
@@ -203,6 +240,7 @@ class ScorePlan(Plan):
     slice's seeds."""
 
     kind = "score"
+    BACKENDS = {"gpu": "torch", "cuda": "torch", "rocm": "torch", "cpu": "numpy"}
 
     def __init__(self, params: Dict[str, Any]) -> None:
         super().__init__(params)
@@ -210,8 +248,11 @@ class ScorePlan(Plan):
 
     def inputs(self) -> Dict[str, str]:
         p = self.params
-        return {"survivors": p["survivors"], "train_history": p["train_history"],
-                "holdout_history": p.get("holdout_history") or ""}
+        return {
+            "survivors": p["survivors"],
+            "train_history": p["train_history"],
+            "holdout_history": p.get("holdout_history") or "",
+        }
 
     @property
     def seeds(self) -> Any:
@@ -229,15 +270,36 @@ class ScorePlan(Plan):
 
     def argv(self) -> List[str]:
         p = self.params
-        names = {k: os.path.basename(p[k]) for k in ("survivors", "train_history", "holdout_history") if p.get(k)}
-        argv = ["{worker_bin}/prng-score", "--survivors", "{input_dir}/" + names["survivors"],
-                "--start", "{start}", "--stop", "{stop}",
-                "--train-history", "{input_dir}/" + names["train_history"]]
+        names = {
+            k: os.path.basename(p[k]) for k in ("survivors", "train_history", "holdout_history") if p.get(k)
+        }
+        argv = [
+            "{worker_bin}/prng-score",
+            "--survivors",
+            "{input_dir}/" + names["survivors"],
+            "--start",
+            "{start}",
+            "--stop",
+            "{stop}",
+            "--train-history",
+            "{input_dir}/" + names["train_history"],
+        ]
         if "holdout_history" in names:
             argv += ["--holdout-history", "{input_dir}/" + names["holdout_history"]]
-        argv += ["--family", str(p["family"]), "--mod", str(p.get("mod", 1000)),
-                 "--backend", "{backend}", "--device", "{device}",
-                 "--out", "{out}/{job_id}.json", "--job-id", "{job_id}"]
+        argv += [
+            "--family",
+            str(p["family"]),
+            "--mod",
+            str(p.get("mod", 1000)),
+            "--backend",
+            "{backend}",
+            "--device",
+            "{device}",
+            "--out",
+            "{out}/{job_id}.json",
+            "--job-id",
+            "{job_id}",
+        ]
         if p.get("globals_file"):
             argv += ["--globals", "{input_dir}/" + os.path.basename(p["globals_file"])]
         return argv
@@ -245,16 +307,23 @@ class ScorePlan(Plan):
     def make_jobs(self) -> List[Job]:
         n = int(len(self.seeds))
         if n == 0:
-            raise PlanError("survivors file %s holds no seeds" % self.params["survivors"])
+            raise PlanError("survivors file {} holds no seeds".format(self.params["survivors"]))
         chunk = int(self.params["chunk_size"])
         argv = self.argv()
         width = max(4, len(str(n // chunk)))
         jobs = []
         for i, start in enumerate(range(0, n, chunk)):
             stop = min(n, start + chunk)
-            jobs.append(Job(id="c%0*d" % (width, i), argv=list(argv),
-                            outputs=[{"path": "{out}/{job_id}.json", "kind": "json_list", "seed_key": "seed"}],
-                            units=stop - start, range=[start, stop], timeout=self.params.get("timeout")))
+            jobs.append(
+                Job(
+                    id=f"c{i:0{width}d}",
+                    argv=list(argv),
+                    outputs=[{"path": "{out}/{job_id}.json", "kind": "json_list", "seed_key": "seed"}],
+                    units=stop - start,
+                    range=[start, stop],
+                    timeout=self.params.get("timeout"),
+                )
+            )
         return jobs
 
     def expect(self, job: Job) -> Dict[str, Any]:
@@ -265,10 +334,13 @@ class ScorePlan(Plan):
 
 
 class SievePlan(Plan):
-    """Step 1: a seed range cut into jobs; a dispatch carries as many as the host's
-    measured seeds/s fills in the target time (gpu_optimizer.py's moving average)."""
+    """Step 1: a seed range cut into jobs of `chunk_size` seeds; a dispatch carries as many
+    as the host's measured seeds/s fills in the target time (gpu_optimizer.py's moving
+    average), so a fast GPU gets proportionally more seeds per dispatch."""
 
     kind = "sieve"
+    BACKENDS = {"torch": "gpu", "cuda": "gpu", "rocm": "gpu"}
+    OPTIONS = ("window", "offset", "skip_min", "skip_max", "threshold", "mod", "sessions", "direction")
 
     def inputs(self) -> Dict[str, str]:
         return {"history": self.params["history"]}
@@ -277,21 +349,47 @@ class SievePlan(Plan):
         p = self.params
         lo, hi, chunk = int(p["seed_start"]), int(p["seed_stop"]), int(p["chunk_size"])
         if hi <= lo or chunk <= 0:
-            raise PlanError("empty seed range [%d, %d) or chunk_size %d" % (lo, hi, chunk))
-        hist = "{input_dir}/" + os.path.basename(p["history"])
-        argv = ["{worker_bin}/prng-sieve", "--family", str(p["family"]), "--history", hist,
-                "--seed-start", "{start}", "--seed-stop", "{stop}",
-                "--backend", "{backend}", "--out", "{out}/{job_id}.npz"]
-        argv += [str(a) for a in p.get("extra_args", [])]
+            raise PlanError(f"empty seed range [{lo}, {hi}) or chunk_size {chunk}")
+        argv = [
+            "{worker_bin}/prng-sieve",
+            "--family",
+            str(p["family"]),
+            "--history",
+            "{input_dir}/" + os.path.basename(p["history"]),
+        ]
+        for key in self.OPTIONS:
+            if p.get(key) is not None and p.get(key) != "":
+                argv += ["--" + key.replace("_", "-"), str(p[key])]
+        argv += [
+            "--seed-start",
+            "{start}",
+            "--seed-end",
+            "{stop}",
+            "--backend",
+            "{backend}",
+            "--out",
+            "{out}/{job_id}.npz",
+        ]
         jobs = []
         n = (hi - lo + chunk - 1) // chunk
         width = max(4, len(str(n)))
         for i, start in enumerate(range(lo, hi, chunk)):
             stop = min(hi, start + chunk)
-            jobs.append(Job(id="s%0*d" % (width, i), argv=list(argv),
-                            outputs=[{"path": "{out}/{job_id}.npz", "kind": "npz", "seed_key": "seeds"}],
-                            units=stop - start, range=[start, stop], timeout=p.get("timeout")))
+            jobs.append(
+                Job(
+                    id=f"s{i:0{width}d}",
+                    argv=list(argv),
+                    outputs=[{"path": "{out}/{job_id}.npz", "kind": "npz", "seed_key": "seeds"}],
+                    units=stop - start,
+                    range=[start, stop],
+                    timeout=p.get("timeout"),
+                )
+            )
         return jobs
+
+    def expect(self, job: Job) -> Dict[str, Any]:
+        assert job.range is not None
+        return {"seed_range": list(job.range)}
 
 
 PLANS = {"list": ListPlan, "score": ScorePlan, "sieve": SievePlan}
@@ -299,5 +397,5 @@ PLANS = {"list": ListPlan, "score": ScorePlan, "sieve": SievePlan}
 
 def make_plan(kind: str, params: Dict[str, Any]) -> Plan:
     if kind not in PLANS:
-        raise PlanError("unknown plan kind %r (one of %s)" % (kind, ", ".join(sorted(PLANS))))
+        raise PlanError("unknown plan kind {!r} (one of {})".format(kind, ", ".join(sorted(PLANS))))
     return PLANS[kind](params)

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Progress of a fan-out: a JSON file rewritten atomically about once a second, and a
@@ -25,14 +24,25 @@ def snapshot(fan: Any) -> Dict[str, Any]:
     remaining = units_total - units_done - sum(j.units for j in live_jobs if j.state == "failed")
     hosts = {}
     for name, h in fan.hosts.items():
-        hosts[name] = {"slots": h.spec.slots, "running": len(h.running), "done": h.done, "failed": h.failed,
-                       "units_done": h.units_done, "rate_units_per_slot_s": round(h.rate or 0.0, 3),
-                       "state": "excluded" if h.excluded else ("down" if h.down_until > now else "up"),
-                       "last_error": h.last_error[:200]}
-    return {"updated": round(now, 3), "elapsed_s": round(elapsed, 1), "jobs": counts,
-            "units": {"total": units_total, "done": units_done},
-            "rate_units_per_s": round(rate, 3),
-            "eta_s": round(remaining / rate, 1) if rate > 0 else None, "hosts": hosts}
+        hosts[name] = {
+            "slots": h.spec.slots,
+            "running": len(h.running),
+            "done": h.done,
+            "failed": h.failed,
+            "units_done": h.units_done,
+            "rate_units_per_slot_s": round(h.rate or 0.0, 3),
+            "state": "excluded" if h.excluded else ("down" if h.down_until > now else "up"),
+            "last_error": h.last_error[:200],
+        }
+    return {
+        "updated": round(now, 3),
+        "elapsed_s": round(elapsed, 1),
+        "jobs": counts,
+        "units": {"total": units_total, "done": units_done},
+        "rate_units_per_s": round(rate, 3),
+        "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+        "hosts": hosts,
+    }
 
 
 class Progress:
@@ -57,11 +67,21 @@ class Progress:
 
 def render(snap: Dict[str, Any]) -> str:
     j = snap["jobs"]
-    eta = "%.0fs" % snap["eta_s"] if snap["eta_s"] is not None else "?"
-    lines = ["fan-out %5.0fs: %d done, %d failed, %d running, %d queued | %.1f units/s | ETA %s"
-             % (snap["elapsed_s"], j["done"], j["failed"], j["running"], j["queued"], snap["rate_units_per_s"], eta)]
+    eta = "{:.0f}s".format(snap["eta_s"]) if snap["eta_s"] is not None else "?"
+    lines = [
+        "fan-out {:5.0f}s: {} done, {} failed, {} running, {} queued | {:.1f} units/s | ETA {}".format(
+            snap["elapsed_s"],
+            j["done"],
+            j["failed"],
+            j["running"],
+            j["queued"],
+            snap["rate_units_per_s"],
+            eta,
+        )
+    ]
     for name, h in snap["hosts"].items():
-        lines.append("  %-16s %-8s slots %2d  running %2d  done %4d  failed %3d  %.1f units/s/slot"
-                     % (name, h["state"], h["slots"], h["running"], h["done"], h["failed"],
-                        h["rate_units_per_slot_s"]))
+        lines.append(
+            f"  {name:<16} {h['state']:<8} slots {h['slots']:2d}  running {h['running']:2d}"
+            f"  done {h['done']:4d}  failed {h['failed']:3d}  {h['rate_units_per_slot_s']:.1f} units/s/slot"
+        )
     return "\n".join(lines)

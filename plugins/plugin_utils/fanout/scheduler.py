@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """The fan-out loop: free slots pull work (i18), failures retry elsewhere with backoff,
@@ -11,13 +10,12 @@ their result back through a queue.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (
     OutputInvalid,
@@ -36,24 +34,24 @@ DispatchFn = Callable[[str, HostSpec, int, List[Job], Callable[[Job], Dict[str, 
 
 @dataclass
 class Settings:
-    target_dispatch_seconds: float = 10.0  # work per dispatch, from measured throughput
+    target_dispatch_seconds: float = 30.0  # work per dispatch, from measured throughput
     max_jobs_per_dispatch: int = 64
-    max_attempts: int = 3                  # failed runs of one job before it is failed
-    retry_backoff_seconds: float = 2.0     # doubled per attempt
-    host_retry_seconds: float = 10.0       # an unreachable host waits this long, doubled
-    max_host_failures: int = 3             # consecutive unreachable dispatches: host left out
-    max_requeues: int = 6                  # requeues of one job because its host vanished
-    ema_alpha: float = 0.3                 # moving average of throughput (gpu_optimizer.py)
+    max_attempts: int = 3  # failed runs of one job before it is failed
+    retry_backoff_seconds: float = 2.0  # doubled per attempt
+    host_retry_seconds: float = 10.0  # an unreachable host waits this long, doubled
+    max_host_failures: int = 3  # consecutive unreachable dispatches: host left out
+    max_requeues: int = 6  # requeues of one job because its host vanished
+    ema_alpha: float = 0.3  # moving average of throughput (gpu_optimizer.py)
     progress_interval: float = 5.0
     poll_seconds: float = 0.2
-    transport: str = "slot"                # slot: one runner run per slot; dispatch: one per batch
+    transport: str = "pool"  # pool: one runner run for all slots; slot: one per slot; dispatch: one per batch
 
 
 @dataclass
 class HostState:
     spec: HostSpec
     running: Dict[int, str] = field(default_factory=dict)  # slot -> dispatch id
-    rate: Optional[float] = None  # units per second per slot (EMA)
+    rate: float | None = None  # units per second per slot (EMA)
     done: int = 0
     failed: int = 0
     units_done: int = 0
@@ -73,10 +71,19 @@ class HostState:
 
 
 class FanOut:
-    def __init__(self, run_dir: str, plan: Plan, hosts: List[HostSpec], jobs: Dict[str, Job],
-                 journal: Journal, dispatch: DispatchFn, settings: Settings,
-                 say: Callable[[str], None], cancel: Optional[threading.Event] = None,
-                 cleanup: Optional[Callable[[DispatchResult], None]] = None) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        plan: Plan,
+        hosts: List[HostSpec],
+        jobs: Dict[str, Job],
+        journal: Journal,
+        dispatch: DispatchFn,
+        settings: Settings,
+        say: Callable[[str], None],
+        cancel: threading.Event | None = None,
+        cleanup: Callable[[DispatchResult], None] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.plan = plan
         self.hosts = {h.name: HostState(h) for h in hosts}
@@ -87,11 +94,12 @@ class FanOut:
         self.settings = settings
         self.say = say
         self.cancel = cancel or threading.Event()
-        self.results: "queue.Queue[DispatchResult]" = queue.Queue()
+        self.results: queue.Queue[DispatchResult] = queue.Queue()
         self.threads: Dict[str, threading.Thread] = {}
         self.seq = 0
         self.session = time.strftime("%H%M%S")  # dispatch ids stay unique across resumes
         self.started = time.time()
+        self.ended: float | None = None
         self.failures: List[Dict[str, Any]] = []
         self.dispatch_log: List[Dict[str, Any]] = []
         self.progress = Progress(os.path.join(run_dir, "progress.json"), say, settings.progress_interval)
@@ -104,18 +112,26 @@ class FanOut:
     def take_batch(self, host: HostState, now: float) -> List[Job]:
         live = [h.spec.name for h in self.hosts.values() if h.live(now)]
         queued = self.order()
-        ready = [j for j in queued if j.not_before <= now and
-                 (host.spec.name not in j.avoid or all(n in j.avoid for n in live))]
+        ready = [
+            j
+            for j in queued
+            if j.not_before <= now and (host.spec.name not in j.avoid or all(n in j.avoid for n in live))
+        ]
         if not ready:
             return []
         if host.rate is None:
             return ready[:1]  # first dispatch on a host measures its throughput
-        slots = sum(h.spec.slots for h in self.hosts.values() if h.live(now)) or 1
+        live = [h for h in self.hosts.values() if h.live(now)]
+        known = [h.rate for h in live if h.rate]
+        mean_rate = sum(known) / len(known) if known else host.rate
+        total_rate = sum(h.spec.slots * (h.rate or mean_rate) for h in live) or host.rate
         queued_units = sum(j.units for j in queued)
-        # Enough work to make the runner's fixed cost small, but never so much that the
-        # last dispatches leave other slots idle at the end of the run.
+        # Enough work to make the transport's fixed cost small (target seconds at the
+        # host's measured rate), but no more than this slot's share of what is left at
+        # the measured rates of all slots, so that near the end no slot idles while a
+        # slow one works through a big batch.
         target = host.rate * self.settings.target_dispatch_seconds
-        fair = math.ceil(queued_units / slots)
+        fair = host.rate * queued_units / total_rate
         limit = max(1.0, min(target, fair))
         batch: List[Job] = []
         units = 0
@@ -128,7 +144,7 @@ class FanOut:
 
     def start_dispatch(self, host: HostState, slot: int, batch: List[Job]) -> None:
         self.seq += 1
-        dispatch_id = "%s-d%05d" % (self.session, self.seq)
+        dispatch_id = f"{self.session}-d{self.seq:05d}"
         for job in batch:
             job.state, job.host = "running", host.spec.name
             self.journal.append("start", job=job.id, host=host.spec.name, slot=slot, dispatch=dispatch_id)
@@ -139,8 +155,9 @@ class FanOut:
             try:
                 res = self.dispatch_fn(dispatch_id, host.spec, slot, batch, self.plan.expect)
             except Exception as exc:  # keep the loop alive whatever a dispatch does (i15)
-                res = DispatchResult(dispatch_id, host.spec.name, slot, batch, status="error",
-                                     error="dispatcher: %s" % exc)
+                res = DispatchResult(
+                    dispatch_id, host.spec.name, slot, batch, status="error", error=f"dispatcher: {exc}"
+                )
             self.results.put(res)
 
         thread = threading.Thread(target=work, name="fanout-" + dispatch_id, daemon=True)
@@ -154,33 +171,45 @@ class FanOut:
         specs = []
         for spec in job.outputs:
             local = dict(spec)
-            name = os.path.basename(fill(spec["path"], {"job_id": job.id, "out": "", "start": "", "stop": ""}))
+            name = os.path.basename(
+                fill(spec["path"], {"job_id": job.id, "out": "", "start": "", "stop": ""})
+            )
             local["path"] = os.path.join(res.incoming, job.id, name)
             for key, val in expect.items():
                 local.setdefault(key, val)
             specs.append(local)
         return specs
 
-    def _accept(self, job: Job, res: DispatchResult, jr: Dict[str, Any]) -> Optional[str]:
+    def _accept(self, job: Job, res: DispatchResult, jr: Dict[str, Any]) -> str | None:
         """Validate the pulled outputs again on the controller and move them into place."""
         try:
             specs = self._local_outputs(job, res)
             found = [validate_output(spec) for spec in specs]
         except (OutputInvalid, OSError) as exc:
-            return "pulled output invalid: %s" % exc
+            return f"pulled output invalid: {exc}"
         dest_dir = os.path.join(self.run_dir, "outputs", job.id)
         os.makedirs(dest_dir, exist_ok=True)
         outputs = []
-        for spec, info in zip(specs, found):
+        for spec, info in zip(specs, found, strict=False):
             dest = os.path.join(dest_dir, os.path.basename(spec["path"]))
             for src, dst in ((spec["path"], dest), (spec["path"] + ".meta.json", dest + ".meta.json")):
                 if os.path.exists(src):
                     os.replace(src, dst)
-            outputs.append({"path": os.path.relpath(dest, self.run_dir), "bytes": info["bytes"],
-                            "records": info.get("records")})
+            outputs.append(
+                {
+                    "path": os.path.relpath(dest, self.run_dir),
+                    "bytes": info["bytes"],
+                    "records": info.get("records"),
+                }
+            )
         summary = jr.get("summary") or {}
-        job.result = {"outputs": outputs, "summary": summary, "slot": res.slot,
-                      "binding": jr.get("binding", {}), "dispatch": res.dispatch_id}
+        job.result = {
+            "outputs": outputs,
+            "summary": summary,
+            "slot": res.slot,
+            "binding": jr.get("binding", {}),
+            "dispatch": res.dispatch_id,
+        }
         return None
 
     def handle(self, res: DispatchResult) -> None:
@@ -190,9 +219,21 @@ class FanOut:
         now = time.time()
         busy = sum(float(jr.get("duration_s") or 0.0) for jr in res.job_results.values())
         host.dispatch_wall_s += res.wall_s
-        self.dispatch_log.append({"dispatch": res.dispatch_id, "host": res.host, "slot": res.slot,
-                                  "jobs": len(res.jobs), "status": res.status, "wall_s": round(res.wall_s, 3),
-                                  "busy_s": round(busy, 3), "started": round(res.started, 3)})
+        self.dispatch_log.append(
+            {
+                "dispatch": res.dispatch_id,
+                "host": res.host,
+                "slot": res.slot,
+                "jobs": len(res.jobs),
+                "status": res.status,
+                "wall_s": round(res.wall_s, 3),
+                "busy_s": round(busy, 3),
+                "session_start_s": round(res.session_start_s, 3),
+                "module_s": round(res.module_s, 3),
+                "slot_s": round(res.slot_s, 3),
+                "started": round(res.started, 3),
+            }
+        )
         if res.status == "cancelled":
             return  # stays 'running' in the journal: requeued on resume
         if res.status == "unreachable":
@@ -202,18 +243,22 @@ class FanOut:
             host.down_until = now + wait
             if host.consecutive_failures >= self.settings.max_host_failures:
                 host.excluded = True
-                self.say("fan-out: host %s left out of this run after %d unreachable dispatches: %s"
-                         % (res.host, host.consecutive_failures, res.error[:200]))
+                self.say(
+                    f"fan-out: host {res.host} left out of this run after {host.consecutive_failures} "
+                    f"unreachable dispatches: {res.error[:200]}"
+                )
             else:
-                self.say("fan-out: host %s unreachable, its jobs requeued, retry in %.0fs: %s"
-                         % (res.host, wait, res.error[:200]))
+                self.say(
+                    f"fan-out: host {res.host} unreachable, its jobs requeued, "
+                    f"retry in {wait:.0f}s: {res.error[:200]}"
+                )
         else:
             host.consecutive_failures = 0
         units_ok, secs_ok = 0, 0.0
         for job in res.jobs:
             jr = res.job_results.get(job.id)
             if res.status == "unreachable" and (jr is None or jr.get("status") == "ok"):
-                self._requeue(job, "host %s unreachable" % res.host)
+                self._requeue(job, f"host {res.host} unreachable")
                 continue
             if jr is None:
                 self._fail(job, host, res.error or "no result for the job")
@@ -229,23 +274,38 @@ class FanOut:
                     host.units_done += job.units
                     units_ok += job.units
                     secs_ok += job.duration_s
-                    self.journal.append("done", job=job.id, host=res.host, duration_s=job.duration_s,
-                                        result=job.result)
+                    self.journal.append(
+                        "done", job=job.id, host=res.host, duration_s=job.duration_s, result=job.result
+                    )
                 else:
                     self._fail(job, host, err)
             elif status == "oom" and job.splittable:
                 children = self.plan.split(job)
                 job.state = "split"
-                self.journal.append("split", job=job.id, host=res.host, reason=jr.get("reason", ""),
-                                    children=[c.spec() for c in children])
+                self.journal.append(
+                    "split",
+                    job=job.id,
+                    host=res.host,
+                    reason=jr.get("reason", ""),
+                    children=[c.spec() for c in children],
+                )
                 for child in children:
                     self.jobs[child.id] = child
-                self.failures.append({"job": job.id, "host": res.host, "reason": jr.get("reason", ""),
-                                      "action": "split into %s" % ", ".join(c.id for c in children)})
-                self.say("fan-out: job %s killed for memory on %s: split into %s"
-                         % (job.id, res.host, " + ".join(c.id for c in children)))
+                self.failures.append(
+                    {
+                        "job": job.id,
+                        "host": res.host,
+                        "reason": jr.get("reason", ""),
+                        "action": "split into {}".format(", ".join(c.id for c in children)),
+                    }
+                )
+                self.say(
+                    "fan-out: job {} killed for memory on {}: split into {}".format(
+                        job.id, res.host, " + ".join(c.id for c in children)
+                    )
+                )
             else:
-                self._fail(job, host, "%s: %s" % (status, jr.get("reason", "")))
+                self._fail(job, host, "{}: {}".format(status, jr.get("reason", "")))
         if self.cleanup is not None:
             self.cleanup(res)
         if secs_ok > 0:
@@ -256,7 +316,7 @@ class FanOut:
     def _requeue(self, job: Job, reason: str) -> None:
         job.requeues += 1
         if job.requeues > self.settings.max_requeues:
-            job.state, job.reason = "failed", "%s (requeued %d times)" % (reason, job.requeues - 1)
+            job.state, job.reason = "failed", f"{reason} (requeued {job.requeues - 1} times)"
             self.journal.append("fail", job=job.id, reason=job.reason, final=True)
             self.failures.append({"job": job.id, "host": job.host, "reason": job.reason, "action": "failed"})
             return
@@ -274,12 +334,22 @@ class FanOut:
             host.failed += 1
         else:
             job.not_before = time.time() + self.settings.retry_backoff_seconds * 2 ** (job.attempts - 1)
-        self.journal.append("fail", job=job.id, host=host.spec.name, reason=reason[:1000], final=final,
-                            attempt=job.attempts)
-        self.failures.append({"job": job.id, "host": host.spec.name, "reason": reason[:1000],
-                              "action": "failed" if final else "retry %d" % (job.attempts + 1)})
-        self.say("fan-out: job %s failed on %s (%s): %s" % (job.id, host.spec.name,
-                                                             "final" if final else "will retry", reason[:300]))
+        self.journal.append(
+            "fail", job=job.id, host=host.spec.name, reason=reason[:1000], final=final, attempt=job.attempts
+        )
+        self.failures.append(
+            {
+                "job": job.id,
+                "host": host.spec.name,
+                "reason": reason[:1000],
+                "action": "failed" if final else f"retry {job.attempts + 1}",
+            }
+        )
+        self.say(
+            "fan-out: job {} failed on {} ({}): {}".format(
+                job.id, host.spec.name, "final" if final else "will retry", reason[:300]
+            )
+        )
 
     # -- main loop -----------------------------------------------------------------------
     def counts(self) -> Dict[str, int]:
@@ -336,6 +406,7 @@ class FanOut:
             self.stop()
             raise
         finally:
+            self.ended = time.time()
             self.progress.tick(self, force=True)
 
     def stop(self, wait: float = 30.0) -> None:

@@ -35,7 +35,7 @@ def main(argv):
         try:
             import prng_workers
         except ImportError as exc:
-            sys.stderr.write("error: prng_workers not importable: %s\n" % exc)
+            sys.stderr.write(f"error: prng_workers not importable: {exc}\n")
             return 2
         pkg_dir = os.path.dirname(os.path.abspath(prng_workers.__file__))
         version = getattr(prng_workers, "__version__", None)
@@ -45,7 +45,7 @@ def main(argv):
             with open(os.path.join(pkg_dir, "__init__.py")) as fh:
                 m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", fh.read(), re.M)
         except OSError as exc:
-            sys.stderr.write("error: no worker package at %s: %s\n" % (argv[1], exc))
+            sys.stderr.write(f"error: no worker package at {argv[1]}: {exc}\n")
             return 2
         version = m.group(1) if m else None
     else:

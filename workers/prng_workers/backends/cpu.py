@@ -1,8 +1,9 @@
 """Compiled CPU sieve (Numba, parallel over seeds).
 
-Seeds run in lanes of 16 per block so that the per-draw arithmetic vectorises (AVX2 /
-AVX-512) across seeds. Affine families (java_lcg, minstd, lcg32, pcg32) jump ahead: one
-multiply-add per compared draw whatever the skip. Sequential families (xorshift32/64,
+Seeds run in lanes (64 or 256 per block) so that the per-draw arithmetic vectorises (AVX2 /
+AVX-512) across seeds and enough independent chains hide the multiply latency. Affine
+families (java_lcg, minstd, lcg32, pcg32) jump ahead: one multiply-add per compared draw
+whatever the skip. Sequential families (xorshift32/64,
 java_random, mt19937) generate the stream once per block into a bounded segment buffer
 (outputs already reduced mod m) and every skip compares against it. mt19937 uses the
 partial-state trick when every needed output index is < 227: output i of the first twist
@@ -19,9 +20,10 @@ from numba import njit, prange
 from prng_workers.families import get_family
 from prng_workers.families.java_random import reject_limit
 
-LANES = 16
+LANES = 64  # sequential families: seeds per block (x SEG buffered outputs)
+AFF_LANES = 64  # affine families: many independent multiply-add chains hide the multiply latency
 MT_LANES = 256  # the seeding recurrence is latency-bound: more independent lanes in flight
-SEG = 4096  # buffered stream outputs per block (x16 lanes x 4 bytes = 256 KiB)
+SEG = (1 << 16) // LANES  # buffered stream outputs per block (x LANES x 4 bytes = 256 KiB)
 
 U0 = np.uint64(0)
 U1 = np.uint64(1)
@@ -96,53 +98,53 @@ def sieve_affine(family: int, kind: int, start: np.uint64, n: np.int64, r: np.nd
     k = r.shape[0]
     n_skips = a_first.shape[0]
     inv = 1.0 / np.float64(m)
-    nblocks = (n + LANES - 1) // LANES
+    nblocks = (n + AFF_LANES - 1) // AFF_LANES
     nchunks = min(nblocks, nthreads * 16)
     for ch in prange(nchunks):
-        x0 = np.empty(LANES, np.uint64)
-        x = np.empty(LANES, np.uint64)
-        cnt = np.empty(LANES, np.int64)
-        bc = np.empty(LANES, np.int64)
-        bs = np.empty(LANES, np.int64)
+        x0 = np.empty(AFF_LANES, np.uint64)
+        x = np.empty(AFF_LANES, np.uint64)
+        cnt = np.empty(AFF_LANES, np.int64)
+        bc = np.empty(AFF_LANES, np.int64)
+        bs = np.empty(AFF_LANES, np.int64)
         for b in range(ch * nblocks // nchunks, (ch + 1) * nblocks // nchunks):
-            for lane in range(LANES):
-                x0[lane] = _affine_init(family, start + np.uint64(b * LANES + lane))
+            for lane in range(AFF_LANES):
+                x0[lane] = _affine_init(family, start + np.uint64(b * AFF_LANES + lane))
                 bc[lane] = -1
                 bs[lane] = 0
             for j in range(n_skips):
                 a1, c1, a_s, c_s = a_first[j], c_first[j], a_stride[j], c_stride[j]
-                for lane in range(LANES):
+                for lane in range(AFF_LANES):
                     x[lane] = _affine(kind, a1, x0[lane], c1)
                     cnt[lane] = 0
                 for i in range(k):
                     ri = r[i]
                     if family == 0:
-                        for lane in range(LANES):
+                        for lane in range(AFF_LANES):
                             v = x[lane]
                             cnt[lane] += np.int64(_mod((v >> S16) & M32, m, inv) == ri)
                             x[lane] = (a_s * v + c_s) & M48
                     elif kind == 1:
-                        for lane in range(LANES):
+                        for lane in range(AFF_LANES):
                             v = x[lane]
                             cnt[lane] += np.int64(_mod(v, m, inv) == ri)
                             x[lane] = _prime_fold(a_s * v + c_s)
                     else:
-                        for lane in range(LANES):
+                        for lane in range(AFF_LANES):
                             v = x[lane]
                             cnt[lane] += np.int64(_mod(_xsh_rr(v), m, inv) == ri)
                             x[lane] = a_s * v + c_s
                     if (i & 31) == 31:  # stop early once no lane can still reach `need`
                         top = cnt[0]
-                        for lane in range(1, LANES):
+                        for lane in range(1, AFF_LANES):
                             top = max(top, cnt[lane])
                         if top + (k - 1 - i) < need:
                             break
-                for lane in range(LANES):
+                for lane in range(AFF_LANES):
                     if cnt[lane] > bc[lane]:
                         bc[lane] = cnt[lane]
                         bs[lane] = skip_min + j
-            base = b * LANES
-            for lane in range(LANES):
+            base = b * AFF_LANES
+            for lane in range(AFF_LANES):
                 if base + lane < n:
                     best_cnt[base + lane] = bc[lane]
                     best_skip[base + lane] = bs[lane]
@@ -359,7 +361,11 @@ MT_PARTIAL_LIMIT = 227  # output indices below this need only the seeded state
 
 def sieve_range(family: str, seed_start: int, seed_end: int, residues: np.ndarray, m: int, offset: int,
                 skip_min: int, skip_max: int, need: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best match count and its (smallest) skip for every seed in [seed_start, seed_end)."""
+    """Best match count and its (smallest) skip for every seed in [seed_start, seed_end).
+
+    Exact for every seed whose best count reaches `need` (the survivors). The LCG kernel stops
+    scanning a skip once no lane of the block can still reach `need`, so for seeds that
+    cannot survive the returned count may be a lower bound."""
     n = seed_end - seed_start
     best_cnt = np.empty(n, dtype=np.int32)
     best_skip = np.empty(n, dtype=np.int32)

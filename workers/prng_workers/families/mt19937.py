@@ -96,26 +96,33 @@ class MT19937(Family):
         out = np.empty((n, count), dtype=np.int64)
         if n == 0 or count == 0:
             return out
-        stride = sk + 1
-        mt = init_state_np(s)
-        # 0-based output index of draw i: offset + (i+1)*stride - 1
-        last = int(offset) + count * stride - 1
-        rows_all = np.arange(n)
+        # rows sorted by their last needed output, most first: the rows still needing outputs
+        # are then a prefix and each twist works on a view of only those (per-seed skips vary)
+        stride_all = sk + 1
+        last_all = int(offset) + count * stride_all - 1
+        order = np.argsort(-last_all, kind="stable")
+        stride, last = stride_all[order], last_all[order]
+        mt = init_state_np(s[order])
+        res = np.empty((n, count), dtype=np.int64)
         mm = np.uint32(m) if m <= MASK32 else None
-        for block in range(int(last.max()) // N + 1):
-            twist_np(mt)
+        for block in range(int(last[0]) // N + 1):
             lo, hi = block * N, (block + 1) * N
+            act = int(np.searchsorted(-last, -lo, side="right"))  # rows with last >= lo
+            view = mt[:act]
+            twist_np(view)
+            st = stride[:act]
             # draws i with lo <= pos_i < hi: i+1 in [ceil((lo-offset+1)/stride), floor((hi-offset)/stride)]
-            start = np.clip(-((-(lo - offset + 1)) // stride) - 1, 0, count)
-            stop = np.clip((hi - offset) // stride, 0, count)
+            start = np.clip(-((-(lo - offset + 1)) // st) - 1, 0, count)
+            stop = np.clip((hi - offset) // st, 0, count)
             lens = np.maximum(stop - start, 0)
             total = int(lens.sum())
             if total == 0:
                 continue
-            rows = np.repeat(rows_all, lens)
+            rows = np.repeat(np.arange(act), lens)
             first = np.cumsum(lens) - lens
             idx = start[rows] + (np.arange(total) - first[rows])
-            pos = int(offset) + (idx + 1) * stride[rows] - 1 - lo
-            vals = temper_np(mt[rows, pos])
-            out[rows, idx] = (vals % mm) if mm is not None else vals.astype(np.int64) % m
+            pos = int(offset) + (idx + 1) * st[rows] - 1 - lo
+            vals = temper_np(view[rows, pos])
+            res[rows, idx] = (vals % mm) if mm is not None else vals.astype(np.int64) % m
+        out[order] = res
         return out

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="output file: .json (records) or .npz (+ .meta.json)")
     p.add_argument("--job-id", default="", help="job id recorded in every record's metadata")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU intra-op threads (default 1: one worker per slot; 0 = torch default)")
     p.add_argument("--batch-seeds", type=int, default=None,
                    help="seeds per sub-batch (default: from --memory-budget-mb)")
     p.add_argument("--memory-budget-mb", type=float, default=engine.DEFAULT_BUDGET_MB,
@@ -136,7 +138,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.mod < 2:
         raise InputError(f"--mod must be >= 2, got {args.mod}")
     family = get_family(args.family)
-    backend = engine.make_backend(args.backend, args.device)  # fails early on a missing GPU
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0, got {args.threads}")
+    backend = engine.make_backend(args.backend, args.device, args.threads)  # fails early on a missing GPU
     train = _load_history(args.train_history, "train history")
     holdout = _load_history(args.holdout_history, "holdout history")
     for name, arr in (("train", train), ("holdout", holdout)):

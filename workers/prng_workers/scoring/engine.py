@@ -55,11 +55,15 @@ class NumpyBackend:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, threads: int | None = 1) -> None:
         from prng_workers.scoring import torch_backend  # lazy: torch only when asked (i7)
 
         self.tb = torch_backend
         self.dev = torch_backend.resolve_device(device)
+        if self.dev.type == "cpu" and threads:
+            # one worker per slot: the slots are the parallelism; more intra-op threads
+            # than cores made torch 4x slower on the 2-core machine under load
+            torch_backend.torch.set_num_threads(threads)
         self.device = str(self.dev)
         self.device_name = torch_backend.device_name(self.dev)
 
@@ -90,7 +94,7 @@ def bound_to_gpu() -> bool:
     return value is not None and value.strip() not in ("", "-1", "NoDevFiles")
 
 
-def make_backend(backend: str, device: str | None) -> Backend:
+def make_backend(backend: str, device: str | None, threads: int | None = 1) -> Backend:
     """Pick the backend. `auto` = torch on the bound GPU when a GPU is bound to this
     process (visible-devices variable set), else NumPy; torch is not imported otherwise.
     `torch` without a device: `cuda` when bound to a GPU, else `cpu`.
@@ -108,7 +112,7 @@ def make_backend(backend: str, device: str | None) -> Backend:
         return NumpyBackend()
     if backend == "torch":
         # no --device: the bound GPU if there is a binding, else the CPU
-        return TorchBackend(device or ("cuda" if bound_to_gpu() else "cpu"))
+        return TorchBackend(device or ("cuda" if bound_to_gpu() else "cpu"), threads)
     raise InputError(f"unknown backend {backend!r} (auto, numpy or torch)")
 
 
