@@ -182,7 +182,7 @@ def parse_rocm_smi_json(text: str) -> Dict[str, Any]:
         gpus.append((gpu, c))
     health_keys = ("sclk clock speed:", "mclk clock speed:", "Temperature (Sensor edge) (C)",
                    "Performance Level")
-    reported = {k for _, c in gpus for k in health_keys if not _na(c.get(k))}
+    reported = {k for _gpu, c in gpus for k in health_keys if not _na(c.get(k))}
     for gpu, c in gpus:
         if str(gpu["perf_level"]).lower() == "unknown":
             _problem(gpu, "performance level 'unknown': SMU not answering, reboot the node or reseat the GPU")
@@ -190,7 +190,7 @@ def parse_rocm_smi_json(text: str) -> Dict[str, Any]:
             if key in reported and _na(c.get(key)):
                 _problem(gpu, f"no {key.rstrip(':')} reading (N/A): GPU not responding, reboot the node")
     return {"driver_version": (data.get("system") or {}).get("Driver version"),
-            "gpus": [g for g, _ in gpus]}
+            "gpus": [g for g, _card in gpus]}
 
 
 def parse_rocm_smi_concise(text: str) -> List[Dict[str, Any]]:
@@ -384,7 +384,7 @@ def gfxoff_state(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str
     cmdline = _read_text(os.path.join(proc_root, "cmdline")) or ""
     params = {}
     for token in cmdline.split():
-        key, _, value = token.partition("=")
+        key, _sep, value = token.partition("=")
         if key in ("amdgpu.ppfeaturemask", "amdgpu.gfxoff"):
             params[key] = value
     mod_dir = os.path.join(sysfs_root, "module", "amdgpu", "parameters")
@@ -459,7 +459,7 @@ def probe(paths: Dict[str, str | None] | None = None, sysfs_root: str = "/sys",
                 rc_m, out_m, err_m = run([tool, "metric", "--json"], timeout)
                 if rc_m != 0:
                     errors.append(f"amd-smi metric rc={rc_m}: {_first_line(err_m or out_m)}")
-                rc_v, out_v, _ = run([tool, "version", "--json"], timeout)
+                rc_v, out_v, _err_v = run([tool, "version", "--json"], timeout)
                 amd = parse_amd_smi(out, out_m if rc_m == 0 else None, out_v if rc_v == 0 else None)
                 amd["tool"] = "amd-smi"
             except (ValueError, KeyError, TypeError) as exc:
@@ -518,7 +518,7 @@ def probe(paths: Dict[str, str | None] | None = None, sysfs_root: str = "/sys",
                     why = line.split(":")[-1].strip()
                     _problem(lost, f"nvidia-smi cannot reach this GPU ({why}): reset or reboot")
                     gpus.append(lost)
-            rc_q, out_q, _ = run([tool, "-q"], timeout)
+            rc_q, out_q, _err_q = run([tool, "-q"], timeout)
             if rc_q == 0 or out_q:
                 q = parse_nvidia_q(out_q)
                 nvidia["cuda_version"] = q["cuda_version"]

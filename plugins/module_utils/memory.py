@@ -44,7 +44,7 @@ def parse_meminfo(text: str) -> Dict[str, int]:
     """/proc/meminfo as bytes per key (values are in kB)."""
     out: Dict[str, int] = {}
     for line in text.splitlines():
-        name, _, rest = line.partition(":")
+        name, _sep, rest = line.partition(":")
         parts = rest.split()
         if not parts:
             continue

@@ -67,7 +67,7 @@ options:
     default: false
   settings:
     description:
-      - Scheduler knobs, e.g. C(target_dispatch_seconds) (30), C(max_attempts) (3),
+      - Scheduler knobs, e.g. C(target_dispatch_seconds) (60), C(max_attempts) (3),
         C(retry_backoff_seconds) (2), C(host_retry_seconds) (10), C(max_host_failures) (3),
         C(max_requeues) (6), C(max_jobs_per_dispatch) (64), C(ema_alpha) (0.3),
         C(progress_interval) (5), C(transport) (C(pool), C(slot) or C(dispatch)).

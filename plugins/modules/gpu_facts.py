@@ -22,7 +22,7 @@ description:
     parameters; C(amdgpu.ppfeaturemask=0xffff7fff) disables it).
   - Every tool runs as an argument list with a timeout, since a hung GPU can hang the tool.
 author:
-  - PRNG cluster team
+  - PRNG cluster team (@prng-cluster)
 options:
   amd_smi_path:
     description: Path of C(amd-smi). Default is to look on E(PATH), then in O(rocm_path)/bin.
@@ -71,8 +71,10 @@ attributes:
     description: Reads only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to compare.
   facts:
     support: full
+    description: The result is also returned as a fact (see RV(ansible_facts)).
 """
 
 EXAMPLES = r"""

@@ -23,7 +23,7 @@ description:
     expected but not loaded, incomplete or damaged steps.
   - C(hip_cache) - size of the HIP kernel caches (C(~/.cache/hip_*)).
 author:
-  - PRNG cluster team
+  - PRNG cluster team (@prng-cluster)
 options:
   min_available_mb:
     description: Available memory below this many MiB is an OOM-risk warning.
@@ -111,6 +111,7 @@ attributes:
     description: Reads only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to compare.
 """
 
 EXAMPLES = r"""

@@ -16,7 +16,7 @@ description:
   - When no source is readable (for example C(kernel.dmesg_restrict=1) without root), the
     module succeeds with RV(readable=false) and says why, instead of failing.
 author:
-  - PRNG cluster team
+  - PRNG cluster team (@prng-cluster)
 options:
   sources:
     description: Log sources to try, in order.
@@ -41,6 +41,7 @@ attributes:
     description: Reads only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to compare.
 """
 
 EXAMPLES = r"""

@@ -19,7 +19,7 @@ description:
     worker, how many workers fit with a safety margin.
   - Read-only. Every root path is an option so tests can point the module at fixture trees.
 author:
-  - PRNG cluster team
+  - PRNG cluster team (@prng-cluster)
 options:
   worker_mb:
     description:
@@ -49,8 +49,10 @@ attributes:
     description: Reads only; runs the same in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to compare.
   facts:
     support: full
+    description: The result is also returned as a fact (see RV(ansible_facts)).
 notes:
   - Pages written to C(/dev/shm) are charged to the memory cgroup of the writer, so ramdisk
     copies reduce RV(available_mb) too.
@@ -81,7 +83,7 @@ limit_bytes:
   type: int
   sample: 8268038144
 limit_mb:
-  description: O(limit_bytes) in MiB.
+  description: RV(limit_bytes) in MiB.
   returned: always
   type: int
   sample: 7885
@@ -106,7 +108,7 @@ host_total_bytes:
   type: int
   sample: 8268038144
 host_total_mb:
-  description: O(host_total_bytes) in MiB.
+  description: RV(host_total_bytes) in MiB.
   returned: always
   type: int
   sample: 7885
@@ -121,7 +123,7 @@ used_bytes:
   type: int
   sample: 3130015744
 used_mb:
-  description: O(used_bytes) in MiB.
+  description: RV(used_bytes) in MiB.
   returned: always
   type: int
   sample: 2985
@@ -131,7 +133,7 @@ available_bytes:
   type: int
   sample: 5138022400
 available_mb:
-  description: O(available_bytes) in MiB.
+  description: RV(available_bytes) in MiB.
   returned: always
   type: int
   sample: 4900

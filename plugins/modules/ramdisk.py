@@ -207,6 +207,11 @@ rows:
   type: list
   elements: str
   sample: ["step3            2         0.0  valid      0.0/64.0 MiB (0.1%)"]
+timing:
+  description: Seconds spent per phase of a preload (controller hashing, host prepare, transfer, commit).
+  returned: state=preload
+  type: dict
+  sample: {"hash_s": 0.66, "prepare_s": 1.7, "transfer_s": 9.6, "commit_s": 2.9}
 complete:
   description: Preload found the step already loaded and verified; nothing to do.
   returned: state=preload

@@ -82,6 +82,12 @@ class Host:
     home: Path
     holder_pid: int = 0
     sshd_pid: int = 0
+    # (pid, kernel start time) of our processes: a pid is only ever killed while it still
+    # names the process we started (pids are reused).
+    started: dict[int, str] = field(default_factory=dict)
+
+    def own_pids(self) -> list[list[Any]]:
+        return [[p, self.started.get(p)] for p in (self.holder_pid, self.sshd_pid) if p]
 
     @property
     def name(self) -> str:
@@ -160,9 +166,12 @@ def _netns_pids(netns: str) -> list[int]:
     return [int(p) for p in proc.stdout.split()] if proc.returncode == 0 else []
 
 
-def _teardown_slot(netns: str, veth: str, pids: Sequence[int] = ()) -> None:
-    """Remove one host's processes, link and namespace; safe to repeat."""
-    _kill([*pids, *_netns_pids(netns)])
+def _teardown_slot(netns: str, veth: str, pids: Sequence[Sequence[Any]] = ()) -> None:
+    """Remove one host's processes, link and namespace; safe to repeat. ``pids`` are
+    (pid, start time) pairs, killed only if still the same process."""
+    pairs = [item for item in pids if isinstance(item, (list, tuple)) and len(item) == 2]
+    ours = [int(p) for p, start in pairs if _alive(int(p), start)]
+    _kill([*ours, *_netns_pids(netns)])
     for _ in range(3):  # processes that sshd forked while we killed
         rest = _netns_pids(netns)
         if not rest:
@@ -356,7 +365,7 @@ class Cluster:
                     proc.wait(timeout=3)
         with _locked():
             for host in self.hosts.values():
-                _teardown_slot(host.netns, host.veth, [p for p in (host.sshd_pid, host.holder_pid) if p])
+                _teardown_slot(host.netns, host.veth, host.own_pids())
                 (STATE_DIR / "claims" / f"{host.slot}.json").unlink(missing_ok=True)
             for slot in getattr(self, "_unassigned", []):
                 (STATE_DIR / "claims" / f"{slot}.json").unlink(missing_ok=True)
@@ -416,7 +425,7 @@ class Cluster:
         path = STATE_DIR / "claims" / f"{host.slot}.json"
         with _locked():
             claim = json.loads(path.read_text())
-            claim["pids"] = [p for p in (host.holder_pid, host.sshd_pid) if p]
+            claim["pids"] = host.own_pids()
             path.write_text(json.dumps(claim))
 
     def _start_host(self, host: Host) -> None:
@@ -458,6 +467,7 @@ class Cluster:
         )
         log.close()
         host.holder_pid = holder.pid
+        host.started[holder.pid] = _start_time(holder.pid) or ""
         deadline = time.monotonic() + 10
         while True:
             if holder.poll() is not None:
@@ -650,6 +660,7 @@ class Cluster:
         )
         log.close()
         h.sshd_pid = proc.pid
+        h.started[proc.pid] = _start_time(proc.pid) or ""
         self._record_pids(h)
         return proc.pid
 
@@ -657,7 +668,7 @@ class Cluster:
         """Stop a host's sshd. ``sessions=True`` also kills every process running on the
         host (open SSH sessions, workers): the host is gone, but its /dev/shm survives."""
         h = self.hosts[host]
-        victims = [h.sshd_pid] if h.sshd_pid else []
+        victims = [h.sshd_pid] if h.sshd_pid and _alive(h.sshd_pid, h.started.get(h.sshd_pid)) else []
         if sessions:
             victims += [p for p in _netns_pids(h.netns) if p != h.holder_pid]
         _kill(victims, grace=0.5)
@@ -732,6 +743,7 @@ class Cluster:
                     "home": str(h.home),
                     "holder_pid": h.holder_pid,
                     "sshd_pid": h.sshd_pid,
+                    "started": {str(k): v for k, v in h.started.items()},
                 }
                 for h in self.hosts.values()
             ],
@@ -760,6 +772,7 @@ class Cluster:
                 home=Path(h["home"]),
                 holder_pid=h["holder_pid"],
                 sshd_pid=h["sshd_pid"],
+                started={int(k): v for k, v in h.get("started", {}).items()},
             )
         c.started = True
         return c

@@ -36,10 +36,12 @@ def fixture_vars(scenario: str, kernel_log: str) -> dict:
 
 
 def adhoc_json(c, host: str, module: str, args: str = "") -> dict:
+    """Run one module ad hoc (ansible HOST -m MODULE -a ARGS) and return its result."""
     argv = [host, "-m", module] + (["-a", args] if args else [])
-    res = c.ansible(*argv, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
+    res = c.ansible(*argv, ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    return json.loads(res.stdout)["plays"][0]["tasks"][0]["hosts"][host]
+    assert res.stdout.startswith(f"{host} | SUCCESS => "), res.stdout[:500]
+    return json.loads(res.stdout.split("=> ", 1)[1])
 
 
 def test_i23_i24_diagnostics_report_for_all_hosts(make_cluster, tmp_path: Path) -> None:
@@ -159,8 +161,23 @@ def test_i26_memory_facts_read_the_hosts_cgroup_limit_over_ssh(make_cluster) -> 
             except OSError:
                 pass
         assert str(c.hosts["box"].sshd_pid) in moved
-        box = adhoc_json(c, "box", "prng.cluster.memory_facts", "worker_mb=100 margin_pct=20")
-        free = adhoc_json(c, "free", "prng.cluster.memory_facts", "worker_mb=100 margin_pct=20")
+        # `ip netns exec` remounts /sys inside a test host, which hides /sys/fs/cgroup there:
+        # mount the same hierarchy back, as a real host has it
+        if limit_file == "memory.limit_in_bytes":
+            mounts = [
+                ["mount", "-t", "tmpfs", "cgroup_root", "/sys/fs/cgroup"],
+                ["mkdir", "/sys/fs/cgroup/memory"],
+                ["mount", "-t", "cgroup", "-o", "memory", "memory", "/sys/fs/cgroup/memory"],
+            ]
+        else:
+            mounts = [["mount", "-t", "cgroup2", "cgroup2", "/sys/fs/cgroup"]]
+        for name in ("box", "free"):
+            for argv in mounts:
+                done = c.exec(name, argv)
+                assert done.returncode == 0, done.stderr
+        args = "worker_mb=100 margin_pct=20"
+        box = adhoc_json(c, "box", "prng.cluster.memory_facts", args)
+        free = adhoc_json(c, "free", "prng.cluster.memory_facts", args)
         assert box["limit_bytes"] == 768 * M and box["limit_source"] in ("cgroup_v1", "cgroup_v2")
         assert free["limit_source"] == "meminfo" or free["limit_bytes"] > 768 * M
         assert box["workers_fit"] <= int(768 * 0.8 // 100) < free["workers_fit"]

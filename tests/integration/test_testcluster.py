@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, HostSpec
-from tests.cluster.harness import REPO_ROOT, STATE_DIR, missing_requirements
+from tests.cluster.harness import REPO_ROOT, STATE_DIR, missing_requirements, reap_stale
 
 pytestmark = pytest.mark.cluster
 
@@ -186,3 +186,32 @@ def test_operator_cli_up_status_down() -> None:
     assert "clitest" not in status.stdout
     bad = subprocess.run([*cli, "down", "no-such-cluster"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.startswith("error: ")
+
+
+def test_sigkilled_owner_is_reaped(tmp_path: Path) -> None:
+    """A test process killed with SIGKILL cannot clean up; the next start (or
+    `testcluster down`) reaps its hosts, processes and temp dir."""
+    problem = missing_requirements()
+    if problem:
+        pytest.skip(f"test cluster unavailable: {problem}")
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "from tests.cluster import Cluster\n"
+        "c = Cluster(1).start()\n"
+        "h = next(iter(c.hosts.values()))\n"
+        "print(h.netns, h.holder_pid, h.sshd_pid, c.tmpdir, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    netns, holder, sshd, tmp = proc.stdout.readline().split()
+    proc.kill()
+    proc.wait(timeout=30)
+    assert netns in _netns() and Path(f"/proc/{holder}").exists()  # left behind
+    assert netns in reap_stale()
+    assert netns not in _netns() and not Path(tmp).exists()
+    for pid in (holder, sshd):  # gone, or a zombie waiting for init to reap it
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", stat.read_text()

@@ -233,6 +233,12 @@ def test_batch_sizing_from_measured_throughput(tmp_path: Path) -> None:
     assert len(fan.take_batch(slow, 0.0)) == 1
 
 
+def test_longest_jobs_go_first(tmp_path: Path) -> None:
+    fan = _fan(tmp_path, 3, [HostSpec("a", max_concurrent_jobs=1)])
+    fan.jobs["j001"].units = 500
+    assert [j.id for j in fan.take_batch(fan.hosts["a"], 0.0)] == ["j001"]
+
+
 def test_failed_job_prefers_another_host(tmp_path: Path) -> None:
     fan = _fan(tmp_path, 1, [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)])
     fan.jobs["j000"].avoid = ["a"]

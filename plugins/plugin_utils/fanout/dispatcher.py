@@ -352,7 +352,7 @@ class SlotDispatcher(RunnerDispatcher):
     def _accept(self) -> None:
         while True:
             try:
-                conn, _ = self.server.accept()
+                conn, _addr = self.server.accept()
             except OSError:
                 return
             fh = conn.makefile("rwb")

@@ -34,7 +34,7 @@ DispatchFn = Callable[[str, HostSpec, int, List[Job], Callable[[Job], Dict[str, 
 
 @dataclass
 class Settings:
-    target_dispatch_seconds: float = 30.0  # work per dispatch, from measured throughput
+    target_dispatch_seconds: float = 60.0  # work per dispatch, from measured throughput
     max_jobs_per_dispatch: int = 64
     max_attempts: int = 3  # failed runs of one job before it is failed
     retry_backoff_seconds: float = 2.0  # doubled per attempt
@@ -119,6 +119,9 @@ class FanOut:
         ]
         if not ready:
             return []
+        # Longest first: the small jobs left at the end fill the gaps, so slots finish
+        # close together instead of one slot running a big job alone (tail of the run).
+        ready.sort(key=lambda j: -j.units)
         if host.rate is None:
             return ready[:1]  # first dispatch on a host measures its throughput
         live = [h for h in self.hosts.values() if h.live(now)]

@@ -189,6 +189,16 @@ def test_i12_interrupted_copy_leaves_no_sentinel(
     assert names == sorted([*srcs, ".manifest.json"])  # partial copy cleaned up
     assert (step / "survivors.npz").read_bytes() == srcs["survivors.npz"].read_bytes()
 
+    # A missing source fails loudly before anything is touched (seed 002 section 8.7).
+    before = files_on(c, "node1", "step3")
+    missing = srcs["survivors.npz"].with_name("gone.json")
+    out = adhoc(c, "all", f"state=preload step=step3 files={srcs['survivors.npz']},{missing}")
+    status, result = out["node1"]
+    assert (
+        status.startswith("FAILED") and f"source file not found on the controller: {missing}" in result["msg"]
+    )
+    assert files_on(c, "node1", "step3") == before
+
 
 def test_i14_clear_refuses_root_empty_and_outside_paths(
     make_cluster: Callable[..., Cluster], srcs: dict[str, Path], tmp_path: Path
@@ -273,6 +283,14 @@ def test_status_table_shows_stale_after_source_change(
     assert len(rows) == 3 and all(" stale " in r for r in rows), res.stdout[-2000:]
     for host in c.hosts:
         assert any(r.split("- ", 1)[-1].startswith(host) for r in rows)
+
+    # A host that does not answer still gets its row.
+    c.kill_sshd("node3")
+    res = c.playbook("playbooks/ramdisk_status.yml")
+    assert res.returncode != 0
+    assert "node3  (no answer: unreachable or failed)" in res.stdout, res.stdout[-2000:]
+    assert len([line for line in res.stdout.splitlines() if "step3" in line and " valid " in line]) == 2
+    c.restart_sshd("node3")
 
     # Check mode + diff: reports the change, copies nothing.
     before = {h: files_on(c, h, "step3") for h in c.hosts}
