@@ -5,7 +5,7 @@ test cluster, see docs/testcluster.md):
   (a) prng.cluster.fanout on the test cluster (slots 2 + 3 + 1) for jobs of mixed length
       (5-25 s of sleep each by default): wall time, scheduling efficiency = busy slot-seconds /
       (slots x wall), dispatch overhead per job; with the default transport (one
-      ansible-runner run per slot) and with one run per batch (`transport: dispatch`);
+      ansible-runner run for all slots, `pool`) and with one run per batch (`dispatch`);
   (b) the same jobs by a plain ssh loop the way the old coordinator did it: jobs dealt
       round-robin to the slots up front, each slot runs its list over ssh (persistent
       ControlMaster connection) and pulls each output with scp;
@@ -149,7 +149,7 @@ def main() -> int:
     ap.add_argument("--min-seeds", type=int, default=20, help="shortest job in seeds (x 0.25 s)")
     ap.add_argument("--max-seeds", type=int, default=100, help="longest job in seeds (x 0.25 s)")
     ap.add_argument("--skip-demo", action="store_true")
-    ap.add_argument("--transports", default="slot,dispatch")
+    ap.add_argument("--transports", default="pool,dispatch", help="pool, slot and/or dispatch")
     a = ap.parse_args()
     jobs = make_jobs(a.jobs, a.seed, a.min_seeds, a.max_seeds)
     result: dict[str, Any] = {

@@ -20,7 +20,7 @@ dest="$work/ansible_collections/prng/cluster"
 mkdir -p "$dest"
 rsync -a --exclude .git --exclude .venv --exclude collections --exclude workers \
   --exclude bench --exclude molecule --exclude demo --exclude docs --exclude runs \
-  --exclude '/tests/*' --include '/tests/sanity/***' --include '/tests/' \
+  --include '/tests/' --include '/tests/sanity/***' --exclude '/tests/*' \
   --exclude __pycache__ --exclude '*.egg-info' "$root/" "$dest/"
 cd "$dest"
 git init -q . && git add -A >/dev/null 2>&1

@@ -2,7 +2,7 @@
 
 Incidents: i12 (sentinel only after every file verified), i13 (content hashes, not
 existence), i14 (clear removes whole step folders, dotfiles too, never outside the root).
-The real-mount thresholds (i25) and transfers over SSH are in tests/integration/test_ramdisk.py.
+The real-mount thresholds (i25) and transfers over SSH are in tests/integration/test_ramdisk_cluster.py.
 """
 
 from __future__ import annotations

@@ -210,3 +210,20 @@ def test_high_threshold_survivors_identical(family: str):
     assert a["matches"].tolist() == [int(intact[:128].sum())]
     for key in ("seeds", "matches", "best_skip"):
         np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("family", ["java_lcg", "pcg32", "mt19937", "xorshift32"])
+@pytest.mark.parametrize("m", [1, 2**32])
+def test_modulus_edges(family: str, m: int):
+    # m = 2^32 compares raw 32-bit outputs; m = 1 makes every draw match
+    seed = 77_777
+    hist, _ = make_history(family, seed, 30, skip=1, m=m)
+    job = make_job(family, hist, window=20, skip_max=2, threshold=1.0, m=m, seed_start=seed - 30,
+                   seed_end=seed + 30)
+    a, b = run_sieve(job, "numpy").columns, run_sieve(job, "cpu").columns
+    np.testing.assert_array_equal(a["seeds"], b["seeds"])
+    np.testing.assert_array_equal(a["best_skip"], b["best_skip"])
+    if m == 1:
+        assert a["seeds"].size == 60 and set(a["best_skip"].tolist()) == {0}
+    else:
+        assert a["seeds"].tolist() == [seed] and a["best_skip"].tolist() == [1]

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (
     OutputInvalid,
@@ -97,6 +97,8 @@ class FanOut:
         self.results: queue.Queue[DispatchResult] = queue.Queue()
         self.threads: Dict[str, threading.Thread] = {}
         self.seq = 0
+        self.last_limit: Dict[str, float] = {}  # how the last batch was sized (journaled)
+        self.inflight: Dict[str, Tuple[str, int, float]] = {}  # dispatch -> host, units, start
         self.session = time.strftime("%H%M%S")  # dispatch ids stay unique across resumes
         self.started = time.time()
         self.ended: float | None = None
@@ -122,6 +124,7 @@ class FanOut:
         # Longest first: the small jobs left at the end fill the gaps, so slots finish
         # close together instead of one slot running a big job alone (tail of the run).
         ready.sort(key=lambda j: -j.units)
+        self.last_limit = {}
         if host.rate is None:
             return ready[:1]  # first dispatch on a host measures its throughput
         live = [h for h in self.hosts.values() if h.live(now)]
@@ -129,13 +132,19 @@ class FanOut:
         mean_rate = sum(known) / len(known) if known else host.rate
         total_rate = sum(h.spec.slots * (h.rate or mean_rate) for h in live) or host.rate
         queued_units = sum(j.units for j in queued)
+        # Work still running elsewhere finishes in the same window: count what is left of it.
+        running_units = 0.0
+        for other_host, units, started in self.inflight.values():
+            other = self.hosts[other_host]
+            running_units += max(0.0, units - (other.rate or mean_rate) * (now - started))
         # Enough work to make the transport's fixed cost small (target seconds at the
-        # host's measured rate), but no more than this slot's share of what is left at
-        # the measured rates of all slots, so that near the end no slot idles while a
-        # slow one works through a big batch.
+        # host's measured rate), but no more than this slot can do while all slots finish
+        # what is left (queued + the rest of running batches) at their measured rates,
+        # so that near the end no slot idles while a slow one works through a big batch.
         target = host.rate * self.settings.target_dispatch_seconds
-        fair = host.rate * queued_units / total_rate
+        fair = host.rate * (queued_units + running_units) / total_rate
         limit = max(1.0, min(target, fair))
+        self.last_limit = {"target": round(target, 1), "fair": round(fair, 1), "rate": round(host.rate, 3)}
         batch: List[Job] = []
         units = 0
         for job in ready:
@@ -150,9 +159,11 @@ class FanOut:
         dispatch_id = f"{self.session}-d{self.seq:05d}"
         for job in batch:
             job.state, job.host = "running", host.spec.name
-            self.journal.append("start", job=job.id, host=host.spec.name, slot=slot, dispatch=dispatch_id)
+            self.journal.append("start", job=job.id, host=host.spec.name, slot=slot, dispatch=dispatch_id,
+                                sizing=self.last_limit)
         host.running[slot] = dispatch_id
         host.dispatches += 1
+        self.inflight[dispatch_id] = (host.spec.name, sum(j.units for j in batch), time.time())
 
         def work() -> None:
             try:
@@ -219,6 +230,7 @@ class FanOut:
         host = self.hosts[res.host]
         host.running.pop(res.slot, None)
         self.threads.pop(res.dispatch_id, None)
+        self.inflight.pop(res.dispatch_id, None)
         now = time.time()
         busy = sum(float(jr.get("duration_s") or 0.0) for jr in res.job_results.values())
         host.dispatch_wall_s += res.wall_s
