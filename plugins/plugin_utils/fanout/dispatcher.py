@@ -543,6 +543,8 @@ class SlotDispatcher(RunnerDispatcher):
             sessions = list(self.sessions.values())
         for sess in sessions:
             host = sess.key.rsplit("/", 1)[0]
+            if sess.fh is None and not sess.ended.is_set():
+                sess.connected.wait(60)  # a pool slot that never got work: stop it too
             if not sess.alive():
                 continue
             spec = self.hosts.get(host)
@@ -563,6 +565,9 @@ class SlotDispatcher(RunnerDispatcher):
             self.server.close()
         finally:
             shutil.rmtree(self.sock_dir, ignore_errors=True)
+            # Any slot run still alive now (stop not delivered) is ended, not orphaned.
+            if any(not sess.ended.is_set() for sess in self.sessions.values()):
+                self.cancel.set()
 
 
 class PoolDispatcher(SlotDispatcher):
