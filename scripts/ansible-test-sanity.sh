@@ -19,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 dest="$work/ansible_collections/prng/cluster"
 mkdir -p "$dest"
 rsync -a --exclude .git --exclude .venv --exclude collections --exclude workers \
-  --exclude bench --exclude molecule --exclude demo --exclude docs --exclude runs \
+  --exclude bench --exclude scripts --exclude molecule --exclude demo --exclude docs --exclude runs \
   --include '/tests/' --include '/tests/sanity/***' --exclude '/tests/*' \
   --exclude __pycache__ --exclude '*.egg-info' "$root/" "$dest/"
 cd "$dest"

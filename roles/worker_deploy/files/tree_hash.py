@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Version and content hash of a prng_workers package (i20: same code on every host).
 
 Usage: tree_hash.py SOURCE_DIR   (the folder holding prng_workers/, on the controller)
