@@ -11,7 +11,6 @@ stderr, exit 2, no output file. Unexpected failure: exit 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from prng_workers.errors import InputError
+from prng_workers.errors import InputError, run_cli
 from prng_workers.families import FAMILY_NAMES
 
 INTERSECT_KEYS = ("window", "offset", "skip_min", "skip_max", "threshold", "mod", "sessions",
@@ -162,16 +161,9 @@ def run_intersect_cmd(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["intersect"]:
-            summary = run_intersect_cmd(argv[1:])
-        else:
-            summary = run_sieve_cmd(argv)
-    except InputError as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else 'bad input'}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    if argv[:1] == ["intersect"]:
+        return run_cli(lambda: run_intersect_cmd(argv[1:]))
+    return run_cli(lambda: run_sieve_cmd(argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError
+from prng_workers.errors import InputError, run_cli
+from prng_workers.formats import write_survivors
 from prng_workers.scoring import output
 
 MANIFEST_VERSION = 1
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         records = output.columns_to_records(merged)
         atomic_write_bytes(out, json.dumps(records).encode() + b"\n")
     else:
-        output.write_npz_in_order(str(out), merged, {"kind": "survivors_with_scores"})
+        write_survivors(out, merged, {"kind": "survivors_with_scores"}, sort_by_seed=False)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
 
     per_host: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "seeds": 0, "seconds": 0.0})
@@ -216,16 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # one line for the operator; exit 1 = unexpected failure
-        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError
+from prng_workers.errors import InputError, run_cli
 from prng_workers.scoring import engine, output
 
 OUT_SUFFIXES = (".json", ".npz")
@@ -191,16 +191,7 @@ def write_scored(path: Path, cols: dict[str, np.ndarray], meta: dict[str, Any]) 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # one line for the operator; exit 1 = unexpected failure
-        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError
+from prng_workers.errors import InputError, run_cli
 
 MODEL_VERSION = 1
 DEFAULT_CHUNKS = (250, 1000, 4000)
@@ -232,16 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw)
     args.argv = raw
-    try:
-        summary = run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # a worker run failed: not bad input
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

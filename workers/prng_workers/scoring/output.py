@@ -126,24 +126,3 @@ def records_to_columns(records: list[dict[str, Any]], where: str) -> dict[str, n
     out = {k: np.asarray(v) for k, v in cols.items() if k != "seeds"}
     out["seeds"] = np.asarray(cols["seeds"], dtype=np.uint64)
     return out
-
-
-def write_npz_in_order(path: str, cols: dict[str, np.ndarray], params: dict[str, Any]) -> None:
-    """NPZ + sidecar in the `prng_workers.formats` layout, rows kept in the given order.
-
-    `formats.write_survivors` sorts rows by seed; `survivors_with_scores` is sorted by
-    score, so the aggregate writes through here (same sidecar: schema_version, count,
-    fields, params, npz_sha256; read back by `formats.read_survivors`/`count_survivors`)."""
-    import hashlib
-
-    from prng_workers import formats
-    from prng_workers.atomic import atomic_path, atomic_write_json
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **cols)  # uncompressed: members can be memory-mapped
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        meta = {"schema_version": formats.SCHEMA_VERSION, "count": int(cols["seeds"].shape[0]),
-                "fields": {k: v.dtype.str for k, v in cols.items()}, "params": params,
-                "npz_sha256": digest}
-        atomic_write_json(formats.sidecar_path(path), meta, indent=1)
