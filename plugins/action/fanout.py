@@ -228,7 +228,7 @@ class ActionModule(ActionBase):
         outputs = [os.path.join(run_dir, o["path"]) for o in manifest["outputs"]]
         return dict(
             result,
-            changed=True,
+            changed=bool(manifest["timings"]["dispatches"]) or not resumed,
             complete=manifest["complete"],
             jobs=manifest["jobs"],
             outputs=outputs,

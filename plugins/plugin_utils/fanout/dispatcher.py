@@ -509,7 +509,8 @@ class SlotDispatcher(RunnerDispatcher):
         }
         reply: Dict[str, Any] | None = None
         try:
-            assert sess.fh is not None
+            if sess.fh is None:
+                raise OSError("slot session has no connection")
             sess.fh.write((json.dumps(msg) + "\n").encode())
             sess.fh.flush()
             line = sess.fh.readline()
@@ -550,7 +551,8 @@ class SlotDispatcher(RunnerDispatcher):
             spec = self.hosts.get(host)
             remove = [f"{spec.prng_home}/dispatch/{self.run_id}"] if spec and host in live else []
             try:
-                assert sess.fh is not None
+                if sess.fh is None:
+                    raise OSError("slot session has no connection")
                 sess.fh.write((json.dumps({"op": "stop", "remove": remove}) + "\n").encode())
                 sess.fh.flush()
             except OSError:

@@ -157,7 +157,8 @@ class Plan:
         return Job.from_spec(spec)
 
     def split(self, job: Job) -> List[Job]:
-        assert job.range is not None
+        if job.range is None:
+            raise ValueError(f"job {job.id} has no seed range")
         start, stop = job.range
         mid = (start + stop) // 2
         return [self.child(job, start, mid, ".a"), self.child(job, mid, stop, ".b")]
@@ -327,7 +328,8 @@ class ScorePlan(Plan):
         return jobs
 
     def expect(self, job: Job) -> Dict[str, Any]:
-        assert job.range is not None
+        if job.range is None:
+            raise ValueError(f"job {job.id} has no seed range")
         start, stop = job.range
         chunk = [int(s) for s in self.seeds[start:stop]]
         return {"records": stop - start, "seeds_sha256": seeds_digest(chunk)}
@@ -388,7 +390,8 @@ class SievePlan(Plan):
         return jobs
 
     def expect(self, job: Job) -> Dict[str, Any]:
-        assert job.range is not None
+        if job.range is None:
+            raise ValueError(f"job {job.id} has no seed range")
         return {"seed_range": list(job.range)}
 
 
