@@ -151,6 +151,23 @@ class Plan:
         """Per-output expectations merged into the job's output specs at dispatch."""
         return {}
 
+    def range_jobs(
+        self, prefix: str, lo: int, hi: int, chunk: int, argv: List[str], output: Dict[str, Any]
+    ) -> List[Job]:
+        """One job per `chunk` of [lo, hi): ids `<prefix>0000`..., the same argv and output."""
+        width = max(4, len(str((hi - lo + chunk - 1) // chunk)))
+        return [
+            Job(
+                id=f"{prefix}{i:0{width}d}",
+                argv=list(argv),
+                outputs=[dict(output)],
+                units=min(hi, start + chunk) - start,
+                range=[start, min(hi, start + chunk)],
+                timeout=self.params.get("timeout"),
+            )
+            for i, start in enumerate(range(lo, hi, chunk))
+        ]
+
     def child(self, job: Job, start: int, stop: int, suffix: str) -> Job:
         spec = job.spec()
         spec.update(id=job.id + suffix, range=[start, stop], units=stop - start, parent=job.id)
@@ -309,23 +326,8 @@ class ScorePlan(Plan):
         n = int(len(self.seeds))
         if n == 0:
             raise PlanError("survivors file {} holds no seeds".format(self.params["survivors"]))
-        chunk = int(self.params["chunk_size"])
-        argv = self.argv()
-        width = max(4, len(str(n // chunk)))
-        jobs = []
-        for i, start in enumerate(range(0, n, chunk)):
-            stop = min(n, start + chunk)
-            jobs.append(
-                Job(
-                    id=f"c{i:0{width}d}",
-                    argv=list(argv),
-                    outputs=[{"path": "{out}/{job_id}.json", "kind": "json_list", "seed_key": "seed"}],
-                    units=stop - start,
-                    range=[start, stop],
-                    timeout=self.params.get("timeout"),
-                )
-            )
-        return jobs
+        output = {"path": "{out}/{job_id}.json", "kind": "json_list", "seed_key": "seed"}
+        return self.range_jobs("c", 0, n, int(self.params["chunk_size"]), self.argv(), output)
 
     def expect(self, job: Job) -> Dict[str, Any]:
         if job.range is None:
@@ -372,22 +374,8 @@ class SievePlan(Plan):
             "--out",
             "{out}/{job_id}.npz",
         ]
-        jobs = []
-        n = (hi - lo + chunk - 1) // chunk
-        width = max(4, len(str(n)))
-        for i, start in enumerate(range(lo, hi, chunk)):
-            stop = min(hi, start + chunk)
-            jobs.append(
-                Job(
-                    id=f"s{i:0{width}d}",
-                    argv=list(argv),
-                    outputs=[{"path": "{out}/{job_id}.npz", "kind": "npz", "seed_key": "seeds"}],
-                    units=stop - start,
-                    range=[start, stop],
-                    timeout=p.get("timeout"),
-                )
-            )
-        return jobs
+        output = {"path": "{out}/{job_id}.npz", "kind": "npz", "seed_key": "seeds"}
+        return self.range_jobs("s", lo, hi, chunk, argv, output)
 
     def expect(self, job: Job) -> Dict[str, Any]:
         if job.range is None:
