@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import contract
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import manifest as manifest_mod
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.contract import ContractError
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.dispatcher import (
     PoolDispatcher,
     RunnerDispatcher,
@@ -22,6 +25,7 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.dispatcher imp
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import (
     Journal,
     ResumeRefused,
+    file_sha256,
     hash_inputs,
 )
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (
@@ -39,70 +43,111 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler impo
 display = Display()
 
 
-def _num(value: Any, default: float) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
-
-
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("plan", "params", "run_dir", "hosts", "input_dir", "fresh_run", "settings"))
+    _VALID_ARGS = frozenset(
+        (
+            "plan",
+            "params",
+            "run_dir",
+            "hosts",
+            "input_dir",
+            "fresh_run",
+            "settings",
+            "validate_only",
+            "require_preflight",
+        )
+    )
 
-    def host_spec(self, name: str, hostvars: Any, input_dir: str) -> HostSpec:
-        hv = hostvars[name]
-
-        def get(key: str, default: Any) -> Any:
-            value = hv.get(key, default)
-            return default if value is None else value
-
-        gpu_type = str(get("gpu_type", "cpu"))
-        prng_home = str(get("prng_home", "~/prng-cluster")).rstrip("/")
-        venv = str(get("worker_venv", prng_home + "/venv")).rstrip("/")
-        backend = str(get("worker_backend", "numpy"))
+    @staticmethod
+    def host_spec(name: str, hv: Any, input_dir: str) -> HostSpec:
+        """The host as the fan-out sees it, from variables validated by the run contract."""
+        v = contract.check_host(name, hv)
+        prng_home = str(v["prng_home"]).rstrip("/")
+        venv = str(v.get("worker_venv") or prng_home + "/venv").rstrip("/")
         return HostSpec(
             name=name,
-            gpu_type=gpu_type,
-            gpu_count=int(get("gpu_count", 0)),
-            max_concurrent_jobs=int(get("max_concurrent_jobs", 1)),
-            memory_available_mb=_num(hv.get("prng_memory_available_mb"), 0.0) or None,
-            memory_margin_pct=_num(get("memory_margin_pct", 20), 20.0),
-            start_stagger_seconds=_num(get("start_stagger_seconds", 0), 0.0),
+            gpu_type=v["gpu_type"],
+            gpu_count=v["gpu_count"],
+            max_concurrent_jobs=v["max_concurrent_jobs"],
+            memory_available_mb=_available_mb(name, hv.get("prng_memory_available_mb")),
+            memory_margin_pct=v["memory_margin_pct"],
+            start_stagger_seconds=v["start_stagger_seconds"],
             prng_home=prng_home,
             worker_bin=venv + "/bin",
-            input_dir=str(get("fanout_input_dir", input_dir)).rstrip("/"),
-            env_file=str(get("worker_env_file", prng_home + "/worker.env")),
-            backend=backend,
-            device=str(get("worker_device", "auto")),
+            input_dir=input_dir.rstrip("/"),
+            env_file=str(v.get("worker_env_file") or prng_home + "/worker.env"),
+            backend=v["worker_backend"],
+            device=v["worker_device"],
         )
 
     def run(self, tmp: Any = None, task_vars: Any = None) -> Dict[str, Any]:
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        if self._task.check_mode:
-            return dict(result, changed=False, skipped=True, msg="fan-out runs jobs: skipped in check mode")
-        for key in ("plan", "params", "run_dir", "hosts"):
-            if not args.get(key):
-                raise AnsibleActionFail(f"fanout: {key} is required")
-        run_dir = os.path.abspath(os.path.expanduser(str(args["run_dir"])))
-        params: Dict[str, Any] = dict(args["params"])
-        user_settings = dict(args.get("settings") or {})
-        known = set(Settings.__dataclass_fields__)
-        unknown = sorted(set(user_settings) - known)
-        if unknown:
-            raise AnsibleActionFail(f"fanout: unknown settings {unknown} (known: {sorted(known)})")
-        settings = Settings(**{k: type(getattr(Settings, k))(v) for k, v in user_settings.items()})
         try:
-            os.makedirs(run_dir, exist_ok=True)
-            lock = self._lock(run_dir)
+            run = self._contract(args, task_vars)
+        except (ContractError, PlanError, ResumeRefused, FileNotFoundError) as exc:
+            raise AnsibleActionFail(f"fanout: {exc}") from None
+        if args.get("validate_only") or self._task.check_mode:
+            return dict(result, changed=False, **run.preview())
+        try:
+            os.makedirs(run.run_dir, exist_ok=True)
+            lock = self._lock(run.run_dir)
         except OSError as exc:
             raise AnsibleActionFail(f"fanout: {exc}") from None
         try:
-            return self._run(result, task_vars, args, run_dir, params, settings)
+            return self._run(result, task_vars, args, run)
         finally:
             lock.close()
+
+    def _contract(self, args: Any, task_vars: Any) -> Run:
+        """Everything checked before a host is touched (i31-i33): parameters typed and in
+        range, inputs' content, settings, every host's variables, and, when the run folder
+        holds a run, that this command is the same run (i30)."""
+        for key in ("plan", "params", "run_dir"):
+            if args.get(key) in (None, "", {}):
+                raise ContractError(f"{key}: required, not given")
+        if not args.get("hosts"):
+            raise ContractError("hosts: none given (is the host group, e.g. gpu_nodes, in the inventory?)")
+        kind = str(args["plan"])
+        params = contract.check_params(kind, dict(args["params"]))
+        settings = contract.check_settings(args.get("settings") or {}, Settings)
+        run_dir = os.path.abspath(os.path.expanduser(str(args["run_dir"])))
+        names = args["hosts"]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        hostvars = task_vars.get("hostvars", {})
+        missing = [n for n in names if n not in hostvars]
+        if missing:
+            raise ContractError("hosts: not in the inventory: {}".format(", ".join(missing)))
+        for name in names:
+            contract.check_host(name, hostvars[name])
+        plan = make_plan(kind, params)
+        inputs = hash_inputs(plan.inputs())
+        ident = contract.identity(kind, params, inputs)
+        journal = Journal(run_dir)
+        fresh = contract.check_bool("fresh_run", args.get("fresh_run", False))
+        resume = None
+        if journal.exists() and not fresh:
+            header = journal.header()
+            old = header.get("identity") or {
+                "plan": header.get("plan"),
+                "params": {k: v for k, v in (header.get("params") or {}).items() if k in ident["params"]},
+                "inputs": {k: v.get("sha256") for k, v in (header.get("inputs") or {}).items()},
+                "worker": ident["worker"],  # a run from before identities: its worker is unknown
+            }
+            changes = contract.identity_changes(old, ident)
+            if changes:
+                raise ResumeRefused(
+                    f"run folder {run_dir} holds run {header.get('run_id')}, started with other settings: "
+                    + "; ".join(changes)
+                    + ". Refusing to mix results: fresh_run=true starts over (the old run is kept aside), "
+                    "or give another run_dir"
+                )
+            resume = header.get("run_id")
+        found = contract.check_inputs(kind, params)  # after the resume check: a changed run is named first
+        return Run(kind, params, settings, run_dir, list(names), plan, inputs, ident, found, fresh, resume)
 
     @staticmethod
     def _lock(run_dir: str, wait: float = 90.0) -> Any:
@@ -121,70 +166,42 @@ class ActionModule(ActionBase):
                     raise OSError(f"run folder {run_dir} is in use by another fan-out") from None
                 time.sleep(0.5)
 
-    def _run(
-        self,
-        result: Dict[str, Any],
-        task_vars: Any,
-        args: Any,
-        run_dir: str,
-        params: Dict[str, Any],
-        settings: Settings,
-    ) -> Dict[str, Any]:
+    def _run(self, result: Dict[str, Any], task_vars: Any, args: Any, run: Run) -> Dict[str, Any]:
+        run_dir, plan, params, settings = run.run_dir, run.plan, run.params, run.settings
         try:
-            plan = make_plan(str(args["plan"]), params)
-            hostvars = task_vars["hostvars"]
-            names = args["hosts"]
-            if isinstance(names, str):
-                names = [n.strip() for n in names.split(",") if n.strip()]
-            missing = [n for n in names if n not in hostvars]
-            if missing:
-                raise PlanError("hosts not in the inventory: {}".format(", ".join(missing)))
-            hosts = [self.host_spec(h, hostvars, str(args.get("input_dir") or "")) for h in names]
-            for host in hosts:
-                plan.adapt_host(host)
+            hosts, left_out = self._eligible(run, task_vars["hostvars"], args)
             self._size(plan, params, hosts)
-            inputs = hash_inputs(plan.inputs())
             journal = Journal(run_dir)
-            resumed = False
-            if journal.exists() and args.get("fresh_run"):
+            if journal.exists() and run.fresh:
                 aside = "{}.prev-{}".format(run_dir, journal.header().get("run_id", int(time.time())))
                 os.rename(run_dir, aside)
+                os.makedirs(run_dir)
                 display.display(f"fan-out: earlier run moved aside to {aside}")
-            if journal.exists():
-                journal.check_inputs(inputs)
+            resumed = journal.exists()
+            if resumed:
                 header = journal.header()
-                if header.get("plan") != args["plan"]:
+                if header.get("plan") != run.kind:
                     raise ResumeRefused(
-                        "run folder {} holds a {} run, not {}".format(
-                            run_dir, header.get("plan"), args["plan"]
-                        )
+                        f"run folder {run_dir} holds a {header.get('plan')} run, not {run.kind}"
                     )
                 jobs = journal.load()
-                for job in jobs.values():
-                    if job.state == "failed":  # a new run gives failed jobs a fresh chance
-                        job.state, job.attempts, job.avoid, job.requeues = "queued", 0, [], 0
-                    elif job.state == "done" and not self._outputs_present(run_dir, job):
-                        job.state = "queued"
-                resumed = True
-                done = sum(1 for j in jobs.values() if j.state == "done")
-                display.display(
-                    f"fan-out: resuming run {header['run_id']} in {run_dir}: {done} of "
-                    f"{sum(1 for j in jobs.values() if j.state != 'split')} jobs already done"
-                )
+                self._resume(run_dir, journal, jobs)
             else:
                 job_list = plan.make_jobs()
                 header = {
                     "run_id": time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6],
                     "created": round(time.time(), 3),
-                    "plan": args["plan"],
+                    "plan": run.kind,
                     "params": params,
-                    "inputs": inputs,
+                    "inputs": run.inputs,
+                    "identity": run.identity,
                 }
                 journal.create(header, job_list)
                 jobs = {j.id: j for j in job_list}
-        except (PlanError, ResumeRefused, FileNotFoundError, ValueError, KeyError) as exc:
+        except (ContractError, PlanError, ResumeRefused, FileNotFoundError, OSError) as exc:
             raise AnsibleActionFail(f"fanout: {exc}") from None
-
+        for name, reason in left_out.items():
+            display.warning(f"fan-out: host {name} left out of this run: {reason}")
         display.display(
             f"fan-out: {sum(1 for j in jobs.values() if j.state != 'split')} jobs over "
             + ", ".join(f"{h.name} ({h.slots} slots)" for h in hosts)
@@ -193,10 +210,7 @@ class ActionModule(ActionBase):
         from ansible.utils.collection_loader import AnsibleCollectionConfig
 
         kinds = {"pool": PoolDispatcher, "slot": SlotDispatcher, "dispatch": RunnerDispatcher}
-        if settings.transport not in kinds:
-            raise AnsibleActionFail("fanout: settings.transport must be one of pool, slot, dispatch")
-        kind = kinds[settings.transport]
-        dispatcher = kind(
+        dispatcher = kinds[settings.transport](
             run_dir,
             header["run_id"],
             list(task_vars.get("ansible_inventory_sources") or []),
@@ -224,30 +238,91 @@ class ActionModule(ActionBase):
         finally:
             dispatcher.close()
             manifest = manifest_mod.build(header, fan, session_started)
+            manifest["left_out"] = left_out
             path = manifest_mod.write(run_dir, manifest)
         outputs = [os.path.join(run_dir, o["path"]) for o in manifest["outputs"]]
         return dict(
             result,
             changed=bool(manifest["timings"]["dispatches"]) or not resumed,
             complete=manifest["complete"],
+            stopped=getattr(fan, "stopped", None),
             jobs=manifest["jobs"],
             outputs=outputs,
             manifest=path,
             resumed=resumed,
+            run_id=header["run_id"],
             run_dir=run_dir,
             hosts={
                 n: {"slots": h["slots"], "jobs_done": h["jobs_done"], "jobs_failed": h["jobs_failed"]}
                 for n, h in manifest["hosts"].items()
             },
+            left_out=left_out,
             timings=manifest["timings"],
             failures=manifest["failures"][-20:],
         )
 
+    def _eligible(self, run: Run, hostvars: Any, args: Any) -> Tuple[List[HostSpec], Dict[str, str]]:
+        """Hosts that passed every preflight check of this step, with their input folder;
+        the others, with the reason they are left out (i29). A job never runs where the
+        step's inputs are not present and verified."""
+        step = str(args.get("require_preflight") or "")
+        needed = sorted({os.path.basename(p) for p in run.plan.inputs().values() if p})
+        uses_inputs = run.kind != "list"
+        hosts: List[HostSpec] = []
+        left_out: Dict[str, str] = {}
+        for name in run.hosts:
+            hv = hostvars[name]
+            pre = hv.get("prng_preflight")
+            input_dir = str(hv.get("fanout_input_dir") or args.get("input_dir") or "")
+            if step:
+                if not isinstance(pre, dict) or pre.get("step") != step:
+                    left_out[name] = f"did not complete the {step} preflight (unreachable or stopped)"
+                    continue
+                if not pre.get("ok"):
+                    left_out[name] = f"failed the {step} preflight: {pre.get('reason') or 'no reason given'}"
+                    continue
+                input_dir = str(pre.get("input_dir") or "")
+                absent = [n for n in needed if n not in (pre.get("files") or {})]
+                if absent:
+                    left_out[name] = f"its {step} ramdisk copy lacks {', '.join(absent)}"
+                    continue
+            if uses_inputs and not input_dir:
+                left_out[name] = "no verified input folder (the step's ramdisk preload did not run there)"
+                continue
+            spec = self.host_spec(name, hv, input_dir)
+            run.plan.adapt_host(spec)
+            hosts.append(spec)
+        if not hosts:
+            raise ContractError(
+                "no host can run this step: " + "; ".join(f"{n}: {r}" for n, r in left_out.items())
+            )
+        return hosts, left_out
+
     @staticmethod
-    def _outputs_present(run_dir: str, job: Any) -> bool:
-        return all(
-            os.path.exists(os.path.join(run_dir, o["path"])) for o in job.result.get("outputs", [])
-        ) and bool(job.result.get("outputs"))
+    def _resume(run_dir: str, journal: Journal, jobs: Dict[str, Any]) -> None:
+        """Failed jobs get a fresh chance; a done job whose output no longer matches what
+        was validated (size, sha256 in the journal) is queued again (i34)."""
+        requeued = []
+        for job in jobs.values():
+            if job.state == "failed":
+                job.state, job.attempts, job.avoid, job.requeues = "queued", 0, [], 0
+            elif job.state == "done":
+                problem = _output_problem(run_dir, job)
+                if problem:
+                    job.state = "queued"
+                    journal.append("requeue", job=job.id, reason=problem)
+                    requeued.append(f"{job.id} ({problem})")
+        done = sum(1 for j in jobs.values() if j.state == "done")
+        display.display(
+            f"fan-out: resuming run {journal.header()['run_id']} in {run_dir}: {done} of "
+            f"{sum(1 for j in jobs.values() if j.state != 'split')} jobs already done"
+        )
+        if requeued:
+            display.warning(
+                f"fan-out: {len(requeued)} finished jobs run again, their outputs changed: "
+                + ", ".join(requeued[:10])
+                + (" ..." if len(requeued) > 10 else "")
+            )
 
     @staticmethod
     def _size(plan: Any, params: Dict[str, Any], hosts: List[HostSpec]) -> None:
@@ -258,7 +333,7 @@ class ActionModule(ActionBase):
             return
         model = load_memory_model(params.get("memory_model"))
         n_draws = plan.n_draws()
-        wanted = int(params.get("chunk_size", 1000))
+        wanted = int(params["chunk_size"])
         params["chunk_size"] = pick_chunk_size(hosts, model, None, wanted, n_draws)
         if params["chunk_size"] != wanted:
             display.display(
@@ -270,3 +345,73 @@ class ActionModule(ActionBase):
             worker_mb[host.name] = round(mb, 1)
             slots_for(host, mb)
         params["worker_mb"] = worker_mb
+
+
+def _available_mb(name: str, value: Any) -> float | None:
+    """prng_memory_available_mb, set by the preflight from memory_facts (absent: unknown)."""
+    if value in (None, ""):
+        return None
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        raise ContractError(
+            f"host {name}: prng_memory_available_mb: expected a number, got {value!r}"
+        ) from None
+    return mb if mb > 0 else None
+
+
+def _output_problem(run_dir: str, job: Any) -> str:
+    """Why a done job's outputs no longer hold what was validated ('' when they do)."""
+    outputs = job.result.get("outputs") or []
+    if not outputs:
+        return "no output recorded"
+    for out in outputs:
+        path = os.path.join(run_dir, out["path"])
+        if not os.path.isfile(path):
+            return f"{out['path']} is missing"
+        size = os.path.getsize(path)
+        if out.get("bytes") is not None and size != out["bytes"]:
+            return f"{out['path']} holds {size} bytes, {out['bytes']} were validated"
+        if out.get("sha256") and file_sha256(path) != out["sha256"]:
+            return f"{out['path']} changed since it was validated (sha256)"
+    return ""
+
+
+@dataclass
+class Run:
+    """A run as its contract describes it, before anything is started."""
+
+    kind: str
+    params: Dict[str, Any]
+    settings: Settings
+    run_dir: str
+    hosts: List[str]
+    plan: Any
+    inputs: Dict[str, Dict[str, Any]]
+    identity: Dict[str, Any]
+    found: Dict[str, Any]
+    fresh: bool
+    resume: str | None
+
+    def preview(self) -> Dict[str, Any]:
+        """What validate_only and check mode return: the checked contract, no job run."""
+        files = []
+        for path in sorted(p for p in self.plan.inputs().values() if p):
+            files.append(path)
+            if os.path.isfile(path + ".meta.json"):  # an NPZ travels with its sidecar
+                files.append(path + ".meta.json")
+        return {
+            "params": self.params,
+            "files": files,
+            "inputs": self.inputs,
+            "identity": self.identity,
+            "checked": self.found,
+            "run_dir": self.run_dir,
+            "resume": self.resume,
+            "msg": (
+                f"resumes run {self.resume} in {self.run_dir}"
+                if self.resume
+                else f"new run in {self.run_dir}"
+            )
+            + (" (the earlier run is moved aside)" if self.fresh and Journal(self.run_dir).exists() else ""),
+        }

@@ -81,6 +81,8 @@ class ActionModule(ActionBase):
             "step",
             "files",
             "exclusive",
+            "allow_any_root",
+            "remove_foreign",
             "warn_percent",
             "max_percent",
             "verify",

@@ -6,8 +6,14 @@ Layout: ``<root>/<step>/<file>`` plus two dotfiles per step directory:
 ``.manifest.json`` is the sentinel (names, sizes, SHA-256 of every file), written last and
 only after every file verified (i12); ``.manifest.prev.json`` keeps the previous
 manifest's records while an update is in progress, so unchanged files need not be
-re-hashed, but it never marks the step ready. Files arrive as ``.incoming-<name>.<id>``
-next to their final name and are renamed into place once their hash matches.
+re-hashed, but it never marks the step ready (a folder the preload creates gets an empty
+one at once, so it is known as ours even if the first load never finishes). Files arrive
+as ``.incoming-<name>.<id>`` next to their final name and are renamed into place once
+their hash matches.
+
+Deleting (clear, and the purge of other steps by an exclusive preload) acts only on a
+root whose real path is on a tmpfs/ramfs mount, and only on step folders that carry one
+of our manifests; anything else under the root is left alone and reported (i35).
 
 Runs on the managed hosts: plain Python 3.8+, standard library only.
 """
@@ -54,6 +60,7 @@ PROTECTED = frozenset(
     ]
 )
 STATE_ORDER = ("absent", "incomplete", "damaged", "stale", "valid")
+RAM_FSTYPES = ("tmpfs", "ramfs")
 
 
 class RamdiskError(Exception):
@@ -133,15 +140,21 @@ def _unescape_mount(text):
     return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def shm_info(path):
-    # type: (str) -> dict
-    """Size and use of the real filesystem that holds ``path`` (nearest existing folder)."""
+def _existing(path):
+    # type: (str) -> str
+    """The real path of ``path`` or of its nearest existing parent folder."""
     probe = os.path.realpath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    st = os.statvfs(probe)
-    size = st.f_blocks * st.f_frsize
-    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    return probe
+
+
+def mount_of(path):
+    # type: (str) -> tuple
+    """(mount point, filesystem type) that really holds ``path``: the longest mount point
+    in /proc/self/mountinfo that prefixes its real path; a later mount over the same point
+    wins. ("/", "unknown") when mountinfo cannot be read."""
+    probe = _existing(path)
     mount, fstype = "/", "unknown"
     try:
         with open("/proc/self/mountinfo") as fh:
@@ -152,6 +165,45 @@ def shm_info(path):
                     mount, fstype = point, right.split()[0]
     except OSError:
         pass
+    return mount, fstype
+
+
+def require_ram_root(root, root_real, allow_any_root=False, doing="clear"):
+    # type: (str, str, bool, str) -> None
+    """Refuse to delete under a root that is not really on a tmpfs/ramfs (i35): a disk
+    folder, or a /dev/shm path that is a symlink to one. Unknown counts as not a tmpfs."""
+    if allow_any_root:
+        return
+    mount, fstype = mount_of(root_real)
+    if fstype not in RAM_FSTYPES:
+        raise RamdiskError(
+            f"refusing to {doing}: ramdisk root {root} (real path {root_real}) is on {fstype} "
+            f"(mount {mount}), not a tmpfs/ramfs; nothing removed "
+            "(set ramdisk_allow_any_root=true, module option allow_any_root, to override)"
+        )
+
+
+def is_our_step(root_real, name):
+    # type: (str, str) -> bool
+    """True for a step folder this project wrote: a plain name, a real folder (not a link)
+    holding one of our manifests (ready or in update) that names this step."""
+    path = os.path.join(root_real, name)
+    if name.startswith(".") or os.path.islink(path) or not os.path.isdir(path):
+        return False
+    for which in (MANIFEST, PREV_MANIFEST):
+        data = read_manifest(path, which)
+        if data is not None and data.get("step") == name:
+            return True
+    return False
+
+
+def shm_info(path):
+    # type: (str) -> dict
+    """Size and use of the real filesystem that holds ``path`` (nearest existing folder)."""
+    st = os.statvfs(_existing(path))
+    size = st.f_blocks * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    mount, fstype = mount_of(path)
     return {
         "mount": mount,
         "fstype": fstype,
@@ -224,9 +276,10 @@ def manifest_records(data):
     return out
 
 
-def write_manifest(sdir, step, records):
-    # type: (str, str, list) -> dict
-    """Write the sentinel atomically (temp file, fsync, rename, fsync folder)."""
+def write_manifest(sdir, step, records, name=MANIFEST):
+    # type: (str, str, list, str) -> dict
+    """Write the sentinel (or, with ``name``, another manifest) atomically (temp file,
+    fsync, rename, fsync folder)."""
     data = {
         "version": MANIFEST_VERSION,
         "step": step,
@@ -239,7 +292,7 @@ def write_manifest(sdir, step, records):
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    os.rename(tmp, os.path.join(sdir, MANIFEST))
+    os.rename(tmp, os.path.join(sdir, name))
     dfd = os.open(sdir, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -326,9 +379,21 @@ def _entries(sdir):
 # --------------------------------------------------------------------------- preload
 
 
-def plan_preload(root, step, expected, exclusive=False, warn_percent=50.0, max_percent=80.0, verify="quick"):
-    # type: (str, str, list, bool, float, float, str) -> dict
-    """Read-only: what a preload must do, and whether the ramdisk has room for it."""
+def plan_preload(
+    root,
+    step,
+    expected,
+    exclusive=False,
+    warn_percent=50.0,
+    max_percent=80.0,
+    verify="quick",
+    allow_any_root=False,
+    remove_foreign=False,
+):
+    # type: (str, str, list, bool, float, float, str, bool, bool) -> dict
+    """Read-only: what a preload must do, and whether the ramdisk has room for it.
+    ``exclusive`` purges the other steps of ours; other entries under the root are kept
+    and listed in ``foreign`` unless ``remove_foreign``."""
     root_real = resolve_root(root)
     sdir = step_dir(root_real, step)
     expected = check_expected(expected)
@@ -351,9 +416,19 @@ def plan_preload(root, step, expected, exclusive=False, warn_percent=50.0, max_p
         else:
             known.append(rec)
     extraneous = [n for n in data if n not in names]
-    purge = []
+    purge, foreign = [], []
     if exclusive and os.path.isdir(root_real):
-        purge = sorted(n for n in os.listdir(root_real) if n != step)
+        for name in sorted(os.listdir(root_real)):
+            if name == step:
+                continue
+            if remove_foreign or is_our_step(root_real, name):
+                purge.append(name)
+            else:
+                foreign.append(name)
+    if purge:
+        require_ram_root(
+            root, root_real, allow_any_root, "remove the other steps ({})".format(", ".join(purge))
+        )
     exp_by_name = dict((e["name"], e) for e in expected)
     same_manifest = current is not None and sorted(
         (r.get("name"), r.get("size"), r.get("sha256")) for r in current.get("files", [])
@@ -380,6 +455,7 @@ def plan_preload(root, step, expected, exclusive=False, warn_percent=50.0, max_p
         "extraneous": extraneous,
         "incoming": incoming,
         "purge": purge,
+        "foreign": foreign,
         "complete": complete,
         "manifest_before": current,
         "copy_bytes": incoming_bytes,
@@ -387,9 +463,13 @@ def plan_preload(root, step, expected, exclusive=False, warn_percent=50.0, max_p
         "shm": shm,
         "warnings": [],
     }
-    if shm["fstype"] not in ("tmpfs", "ramfs", "unknown"):
+    if shm["fstype"] not in RAM_FSTYPES:
         plan["warnings"].append(
             "ramdisk root {} is on {} ({}), not a tmpfs".format(root_real, shm["mount"], shm["fstype"])
+        )
+    if foreign:
+        plan["warnings"].append(
+            "left alone under {} (not a step folder of ours): {}".format(root_real, ", ".join(foreign))
         )
     if needed:
         if incoming_bytes > avail_for_copy:
@@ -441,6 +521,8 @@ def prepare_preload(plan):
         removed.append(path)
     if not os.path.isdir(sdir):
         os.makedirs(sdir, 0o755)
+        # Marks the new folder as ours (for clear) before any file lands; never "ready".
+        write_manifest(sdir, plan["step"], [], PREV_MANIFEST)
     manifest = os.path.join(sdir, MANIFEST)
     if os.path.exists(manifest):
         # From here until commit the step is not ready (i12); the old records stay
@@ -553,26 +635,39 @@ def abort_preload(root, step):
 # --------------------------------------------------------------------------- clear
 
 
-def plan_clear(root, step=None):
-    # type: (str, str | None) -> dict
-    """What a clear would remove: one step folder, or every entry under the root."""
+def plan_clear(root, step=None, allow_any_root=False, remove_foreign=False):
+    # type: (str, str | None, bool, bool) -> dict
+    """What a clear would remove: one step folder, or every step folder of ours under the
+    root. Refuses a root not on a tmpfs/ramfs (unless ``allow_any_root``); entries that are
+    not step folders of ours are kept and listed in ``foreign`` (unless ``remove_foreign``)."""
     root_real = resolve_root(root)
     if step:
-        path = os.path.join(root_real, check_name(step, "step"))
+        check_name(step, "step")
+    require_ram_root(root, root_real, allow_any_root)
+    if step:
+        path = os.path.join(root_real, step)
         if os.path.lexists(path):
             real = os.path.realpath(path)
             if not within(real, root_real):
                 raise RamdiskError(
                     f"refusing to clear {path}: it resolves to {real}, outside the ramdisk root {root_real}"
                 )
-        targets = [path] if os.path.lexists(path) else []
+        names = [step] if os.path.lexists(path) else []
     else:
-        targets = (
-            [os.path.join(root_real, n) for n in sorted(os.listdir(root_real))]
-            if os.path.isdir(root_real)
-            else []
-        )
-    return {"root": root_real, "targets": [{"path": t, "bytes": tree_bytes(t)} for t in targets]}
+        names = sorted(os.listdir(root_real)) if os.path.isdir(root_real) else []
+    targets, foreign = [], []
+    for name in names:
+        path = os.path.join(root_real, name)
+        if remove_foreign or is_our_step(root_real, name):
+            targets.append(path)
+        else:
+            foreign.append(path)
+    return {
+        "root": root_real,
+        "exists": os.path.isdir(root_real),
+        "targets": [{"path": t, "bytes": tree_bytes(t)} for t in targets],
+        "foreign": foreign,
+    }
 
 
 def do_clear(plan):

@@ -24,9 +24,21 @@ description:
     to the controller. Failed jobs retry with backoff on another host when one exists; an
     unreachable host's jobs are requeued and the host retried later; a job killed for
     memory (exit 137) is split in half.
+  - Before any job starts, the run contract is checked on the controller - every parameter
+    typed and range-checked, every input's content (survivors, histories, family) through
+    the worker package's own checks, every host's variables against the
+    C(prng.cluster.cluster_host) role's argument spec. Bad input fails the task with one
+    line naming the file, host or variable; nothing is started and nothing already done is
+    touched.
+  - Only hosts that passed the step's preflight (O(require_preflight)) get slots; the
+    others are listed in RV(left_out) with the reason.
   - Every state change goes to a journal under O(run_dir) first. Running it again with
-    the same O(run_dir) resumes without redoing finished jobs, and refuses if an input's
-    content hash changed.
+    the same O(run_dir) resumes without redoing finished jobs; it refuses, naming what
+    changed, when the run's identity differs (inputs' content, the parameters that change
+    results, the worker code), and runs again any finished job whose output no longer has
+    the size and SHA-256 that were validated.
+  - A job whose worker reports bad input (exit 2) is not retried; the run stops with that
+    message in RV(stopped).
   - Writes C(progress.json) while running and C(fanout_manifest.json) at the end, also
     when jobs failed; the task itself fails only on bad arguments, so a playbook can
     aggregate what finished (incident i15) and decide from RV(complete).
@@ -65,6 +77,19 @@ options:
     description: Start afresh even if O(run_dir) holds a run; the old folder is renamed aside.
     type: bool
     default: false
+  validate_only:
+    description: Check the run contract and return it (RV(files), RV(params), RV(identity),
+      RV(resume)) without running anything; check mode does the same.
+    type: bool
+    default: false
+  require_preflight:
+    description:
+      - Name of the step whose preflight each host must have passed. A host gets slots only
+        when its C(prng_preflight) fact says C(ok) for this step and names the folder
+        holding the step's verified inputs (C(input_dir)) and the files there (C(files)).
+        Empty - no preflight required (C(fanout_input_dir) or O(input_dir) give the folder).
+    type: str
+    default: ""
   settings:
     description:
       - Scheduler knobs, e.g. C(target_dispatch_seconds) (60), C(max_attempts) (3),
@@ -75,8 +100,8 @@ options:
     default: {}
 attributes:
   check_mode:
-    support: none
-    description: It runs jobs on the hosts; in check mode it does nothing and says so.
+    support: full
+    description: In check mode it checks the run contract and returns the plan, running nothing.
   diff_mode:
     support: none
     description: Nothing to compare; the run writes new files.
@@ -103,30 +128,57 @@ EXAMPLES = r"""
 RETURN = r"""
 complete:
   description: Every job done.
-  returned: always
+  returned: when jobs ran
   type: bool
   sample: true
 jobs:
   description: Job counts by final state.
-  returned: always
+  returned: when jobs ran
   type: dict
   sample: {"expected": 6, "completed": 6, "failed": 0, "split": 0}
 outputs:
   description: Validated output files on the controller, in job order.
-  returned: always
+  returned: when jobs ran
   type: list
   elements: str
   sample: ["/work/runs/step3/outputs/c0000/c0000.json"]
 manifest:
   description: Path of the run manifest.
-  returned: always
+  returned: when jobs ran
   type: str
   sample: /work/runs/step3/fanout_manifest.json
 resumed:
   description: Whether an earlier run in O(run_dir) was resumed.
-  returned: always
+  returned: when jobs ran
   type: bool
   sample: false
+stopped:
+  description: Why the run stopped early (a worker's input error, not retried), or null.
+  returned: when jobs ran
+  type: str
+  sample: "job c0003: input error on node2: error: train history ..."
+left_out:
+  description: Hosts that got no slots, with the reason (failed or missed the preflight).
+  returned: when jobs ran
+  type: dict
+  sample: {"node3": "failed the step3 preflight: ramdisk preload refused ..."}
+files:
+  description: The controller paths of the step's input files (an NPZ with its sidecar), for the preload.
+  returned: with O(validate_only) or in check mode
+  type: list
+  elements: str
+params:
+  description: The checked parameters, typed and with defaults.
+  returned: with O(validate_only) or in check mode
+  type: dict
+identity:
+  description: What the results depend on (plan, parameters, inputs' SHA-256, worker code).
+  returned: with O(validate_only) or in check mode
+  type: dict
+resume:
+  description: Run id that the same command would resume, or null for a new run.
+  returned: with O(validate_only) or in check mode
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -143,8 +195,11 @@ def main() -> None:
             hosts=dict(type="list", elements="str", required=True),
             input_dir=dict(type="str", default=""),
             fresh_run=dict(type="bool", default=False),
+            validate_only=dict(type="bool", default=False),
+            require_preflight=dict(type="str", default=""),
             settings=dict(type="dict", default={}),
         ),
+        supports_check_mode=True,
     )
     module.fail_json(msg="prng.cluster.fanout runs as an action on the controller only")
 

@@ -19,9 +19,16 @@ description:
   - Before copying, a preflight reads the real mount holding the root. It warns when the
     mount would be more than O(warn_percent) used after loading, and refuses (nothing
     copied) above O(max_percent), or when the files would not fit in the free space.
-  - O(state=clear) removes one step folder, or everything under the root (dotfiles
-    included). Paths are resolved first; the root may not be empty, relative, V(/) or a
-    system folder, and a step may not resolve outside the root.
+  - O(state=clear) removes one step folder, or every step folder under the root, each
+    whole (dotfiles included). Paths are resolved first; the root may not be empty,
+    relative, V(/) or a system folder, and a step may not resolve outside the root.
+  - Deletes only what is ours. O(state=clear), and the removal of other steps by an
+    O(exclusive) preload, refuse a root whose real path (symlinks resolved) is not on a
+    tmpfs or ramfs mount, and remove only step folders that carry this module's manifest
+    (C(.manifest.json), or C(.manifest.prev.json) while a preload is unfinished) naming
+    that step. Anything else under the root (foreign files and folders, dotfiles,
+    symlinks) is left alone and listed in RV(foreign). O(allow_any_root) and
+    O(remove_foreign) override this.
   - O(state=status) lists the steps, their files and sizes, whether each is valid,
     stale (differs from O(files) on the controller), damaged, incomplete or absent, and
     the ramdisk's used and total size.
@@ -62,6 +69,19 @@ options:
     description:
       - With O(state=preload), first remove every other step under O(root), so only this
         step's data is held (the standalone lifecycle policy).
+    type: bool
+    default: false
+  allow_any_root:
+    description:
+      - Let O(state=clear) and an O(exclusive) preload delete under a root that is not on a
+        tmpfs or ramfs mount (a disk folder). Off by default, so a mistyped or symlinked
+        root never empties a disk folder.
+    type: bool
+    default: false
+  remove_foreign:
+    description:
+      - Let O(state=clear) and an O(exclusive) preload remove every entry under the root
+        (a link as a link), not only step folders carrying this module's manifest.
     type: bool
     default: false
   warn_percent:
@@ -142,10 +162,18 @@ EXAMPLES = r"""
     state: clear
     step: step3
 
-- name: Remove every step under a custom root
+- name: Remove every step under a custom root (foreign entries there are kept and listed)
   prng.cluster.ramdisk:
     state: clear
     root: /dev/shm/prng-test
+  register: cleared
+
+- name: Empty a scratch folder on disk completely (both overrides; rarely what you want)
+  prng.cluster.ramdisk:
+    state: clear
+    root: /scratch/prng-copies
+    allow_any_root: true
+    remove_foreign: true
 
 # Ad hoc:
 #   ansible gpu_nodes -m prng.cluster.ramdisk -a 'state=status'
@@ -170,6 +198,14 @@ removed:
   type: list
   elements: str
   sample: [/dev/shm/prng/step2]
+foreign:
+  description:
+    - Entries under the root that a clear or an O(exclusive) preload left alone because they
+      are not step folders carrying this module's manifest (see O(remove_foreign)).
+  returned: state=clear or state=preload
+  type: list
+  elements: str
+  sample: [/dev/shm/prng/.ready_step3, /dev/shm/prng/notes]
 manifest:
   description: The sentinel manifest written by the preload.
   returned: state=preload and not in check mode
@@ -257,7 +293,15 @@ def _preload(module: AnsibleModule) -> dict:
         res["shm"] = shm_info(res["step_path"])
         return res
     plan = plan_preload(
-        p["root"], p["step"], p["_manifest"], p["exclusive"], p["warn_percent"], p["max_percent"], p["verify"]
+        p["root"],
+        p["step"],
+        p["_manifest"],
+        p["exclusive"],
+        p["warn_percent"],
+        p["max_percent"],
+        p["verify"],
+        p["allow_any_root"],
+        p["remove_foreign"],
     )
     for warning in plan["warnings"]:
         module.warn(warning)
@@ -270,6 +314,7 @@ def _preload(module: AnsibleModule) -> dict:
         "copy_bytes": plan["copy_bytes"],
         "removed": [os.path.join(plan["root"], n) for n in plan["purge"]]
         + [os.path.join(plan["path"], n) for n in plan["extraneous"] + plan["incoming"]],
+        "foreign": [os.path.join(plan["root"], n) for n in plan["foreign"]],
         "shm": plan["shm"],
         "projected_used_percent": plan["projected_used_percent"],
         "files": {e["name"]: os.path.join(plan["path"], e["name"]) for e in plan["expected"]},
@@ -289,13 +334,22 @@ def _preload(module: AnsibleModule) -> dict:
 
 def _clear(module: AnsibleModule) -> dict:
     p = module.params
-    plan = plan_clear(p["root"], p["step"] or None)
+    plan = plan_clear(p["root"], p["step"] or None, p["allow_any_root"], p["remove_foreign"])
     paths = [t["path"] for t in plan["targets"]]
     res = {
         "changed": bool(paths),
         "removed": paths,
+        "foreign": plan["foreign"],
         "freed_bytes": sum(t["bytes"] for t in plan["targets"]),
     }
+    if not plan["exists"]:
+        res["msg"] = f"ramdisk root {plan['root']} does not exist: nothing to clear"
+    if plan["foreign"]:
+        module.warn(
+            "left alone (not a step folder of ours; remove_foreign=true removes it): {}".format(
+                ", ".join(plan["foreign"])
+            )
+        )
     if module._diff:
         res["diff"] = {"before": "".join(p + "\n" for p in paths), "after": ""}
     if paths and not module.check_mode:
@@ -321,6 +375,8 @@ def main() -> None:
             step=dict(type="str"),
             files=dict(type="list", elements="path"),
             exclusive=dict(type="bool", default=False),
+            allow_any_root=dict(type="bool", default=False),
+            remove_foreign=dict(type="bool", default=False),
             warn_percent=dict(type="float", default=50),
             max_percent=dict(type="float", default=80),
             verify=dict(type="str", choices=["quick", "full"], default="quick"),

@@ -206,8 +206,9 @@ def _wait_done(run_dir: Path, count: int, proc: subprocess.Popen[str], timeout: 
     raise AssertionError("jobs did not finish in time")
 
 
-def _popen(c: Cluster, jobs: Path, run_dir: Path) -> subprocess.Popen[str]:
-    ev = {"jobs_file": str(jobs), "run_dir": str(run_dir), "fanout_settings": {"host_retry_seconds": 2}}
+def _popen(c: Cluster, jobs: Path, run_dir: Path, **settings: Any) -> subprocess.Popen[str]:
+    knobs = {"host_retry_seconds": 2, **settings}
+    ev = {"jobs_file": str(jobs), "run_dir": str(run_dir), "fanout_settings": knobs}
     argv = [
         str(Path(sys.executable).parent / "ansible-playbook"),
         "-i",
@@ -281,4 +282,83 @@ def test_controller_interrupted_resumes_without_redoing_finished_jobs(
     # A changed input makes resume refuse (i22).
     write_jobs(tmp_path / "jobs.json", 16, 5)
     proc3 = run_jobs(cluster2, tmp_path / "jobs.json", run_dir)
-    assert proc3.returncode != 0 and "changed since run" in proc3.stdout
+    assert proc3.returncode != 0 and "started with other settings: input jobs_file changed" in proc3.stdout
+
+
+def _wait_journal(run_dir: Path, proc: subprocess.Popen[str], what: Any, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended early"
+        if (run_dir / "journal.jsonl").exists() and any(what(r) for r in journal(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the journal never showed it")
+
+
+def test_i38_cut_link_of_a_two_slot_host_counts_once_and_the_host_rejoins(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    c = make_cluster(
+        [
+            HostSpec("a", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+            HostSpec("victim", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+        ]
+    )
+    # 1 s per job on the victim, 2 s on "a": work is left when the victim is back.
+    total = write_jobs(
+        tmp_path / "jobs.json", 60, 4, "--sleep", "0.25", "--slow-host", "a", "--slow-factor", "2"
+    )
+    run_dir = tmp_path / "run"
+    proc = _popen(
+        c,
+        tmp_path / "jobs.json",
+        run_dir,
+        host_retry_seconds=12,  # the first probe comes once the link is back
+        # Counted per slot, one outage of this 2-slot host was 2 losses: left out for good.
+        max_host_failures=2,
+        target_dispatch_seconds=2,  # small batches
+        max_jobs_per_dispatch=2,
+        retry_backoff_seconds=0.5,
+        progress_interval=2,
+    )
+
+    def lost_slots() -> set[int]:
+        """Victim slots whose dispatch came back unreachable (its jobs requeued)."""
+        recs, slot_of, lost = journal(run_dir), {}, set()
+        for r in recs:
+            if r["ev"] == "start" and r["host"] == "victim":
+                slot_of[r["job"]] = r["slot"]
+            elif r["ev"] == "requeue" and "victim" in r["reason"] and r["job"] in slot_of:
+                lost.add(slot_of[r["job"]])
+        return lost
+
+    try:
+        _wait_journal(run_dir, proc, lambda r: r["ev"] == "done" and r["host"] == "victim")
+        c.link_down("victim")  # both of its slots are running jobs
+        # Restored once both slots' dispatches were lost (SSH keepalives: 15-25 s): each
+        # slot's loss was counted by the old scheduler, and it left the host out for good.
+        deadline = time.time() + 90
+        while lost_slots() != {0, 1}:
+            assert time.time() < deadline and proc.poll() is None, lost_slots()
+            time.sleep(0.2)
+        c.link_up("victim")
+        restored = time.time()
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-4000:]
+    m = manifest(run_dir)
+    recs = journal(run_dir)
+    started_after = {
+        r["job"] for r in recs if r["ev"] == "start" and r["host"] == "victim" and r["t"] > restored
+    }
+    done_after = [
+        r for r in recs if r["ev"] == "done" and r["host"] == "victim" and r["job"] in started_after
+    ]
+    assert len(done_after) >= 2, ("the host did no work after its link came back", m["hosts"]["victim"])
+    victim = m["hosts"]["victim"]
+    assert (victim["outages"], victim["rejoined"], victim["state"]) == (1, True, "up"), victim
+    assert victim["down_s"] > 1
+    assert m["complete"] and m["stopped"] is None
+    assert_exactly_once(run_dir, total)

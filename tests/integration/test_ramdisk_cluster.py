@@ -1,5 +1,5 @@
 """Ramdisk preload / clear / status on a real 3-host SSH test cluster (network namespaces,
-each host with its own small /dev/shm). Incidents i12, i13, i14, i25."""
+each host with its own small /dev/shm). Incidents i12, i13, i14, i25, i35."""
 
 from __future__ import annotations
 
@@ -258,11 +258,13 @@ def test_i14_clear_refuses_root_empty_and_outside_paths(
     assert res.returncode != 0 and "refusing" in res.stdout
     assert ".manifest.json" in files_on(c, "node2", "step3")
 
-    # Clear all (the default): whole step folders, dotfiles and the link itself, never /etc.
+    # Clear all (the default): whole step folders with their dotfiles; what is not a step
+    # folder of ours (the old sentinel, the link) is left alone (i35), never /etc.
     res = c.playbook("playbooks/ramdisk_clear.yml")
     assert res.returncode == 0 and all(r["changed"] == 1 for r in recap(res).values()), res.stdout[-3000:]
     for host in c.hosts:
-        assert os.listdir(c.hosts[host].shm / "prng") == []
+        left = sorted(os.listdir(c.hosts[host].shm / "prng"))
+        assert left == ([".ready_step3", "evil"] if host == "node1" else []), (host, left)
     assert Path("/etc/passwd").exists()
     res = c.playbook("playbooks/ramdisk_clear.yml")
     assert all(r["changed"] == 0 for r in recap(res).values())
@@ -298,3 +300,89 @@ def test_status_table_shows_stale_after_source_change(
     assert res.returncode == 0 and all(r["changed"] == 1 for r in recap(res).values())
     assert "holdout_history.json" in res.stdout and "+++ after" in res.stdout
     assert {h: files_on(c, h, "step3") for h in c.hosts} == before
+
+
+def tree(path: Path) -> dict[str, bytes | None]:
+    """Every entry under ``path`` (dotfiles and links too): content, link target, None for folders."""
+    out: dict[str, bytes | None] = {}
+    for base, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(base) / name
+            rel = str(p.relative_to(path))
+            out[rel] = os.readlink(p).encode() if p.is_symlink() else (None if p.is_dir() else p.read_bytes())
+    return out
+
+
+def test_i35_clear_refuses_disk_roots_and_deletes_only_our_steps(
+    make_cluster: Callable[..., Cluster], srcs: dict[str, Path], tmp_path: Path
+) -> None:
+    c = make_cluster(2, shm_mb=64)
+    # Someone's folder on disk (shared by the test hosts), with dotfiles and a step-like folder.
+    disk = tmp_path / "data"
+    (disk / "photos").mkdir(parents=True)
+    (disk / ".bashrc").write_text("precious dotfile")
+    (disk / "thesis.tex").write_text("precious")
+    (disk / "photos" / ".hidden.jpg").write_bytes(b"\xff\xd8")
+    (disk / "step3").mkdir()
+    (disk / "step3" / "train_history.json").write_text("[1, 2]")
+    before = tree(disk)
+    stat_f = c.exec("node1", ["stat", "-f", "-c", "%T", str(disk)], check=True).stdout.strip()
+    assert stat_f not in ("tmpfs", "ramfs"), stat_f
+    fstype, mount = c.exec(
+        "node1", ["findmnt", "-n", "-o", "FSTYPE,TARGET", "-T", str(disk)], check=True
+    ).stdout.split()
+
+    def refusal(given: str) -> str:
+        return (
+            f"refusing to clear: ramdisk root {given} (real path {disk}) is on {fstype} (mount {mount}), "
+            "not a tmpfs/ramfs; nothing removed "
+            "(set ramdisk_allow_any_root=true, module option allow_any_root, to override)"
+        )
+
+    # The disk folder itself as the root: every host refuses, nothing is removed.
+    one_line = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}  # each failure's result on its fatal line
+    res = c.playbook("playbooks/ramdisk_clear.yml", extra_vars={"ramdisk_root": str(disk)}, **one_line)
+    assert res.returncode != 0 and all(r["failed"] == 1 for r in recap(res).values()), res.stdout[-3000:]
+    fatal = [line for line in res.stdout.splitlines() if line.startswith("fatal: [")]
+    assert len(fatal) == 2 and all(f'"msg": "{refusal(str(disk))}"' in line for line in fatal), fatal
+    assert tree(disk) == before
+
+    # A /dev/shm symlink to it: resolved first, refused the same way.
+    (c.hosts["node1"].shm / "shortcut").symlink_to(disk)
+    res = c.playbook(
+        "playbooks/ramdisk_clear.yml",
+        "--limit",
+        "node1",
+        extra_vars={"ramdisk_root": "/dev/shm/shortcut"},
+        **one_line,
+    )
+    assert res.returncode != 0 and recap(res)["node1"]["failed"] == 1, res.stdout[-3000:]
+    assert f'"msg": "{refusal("/dev/shm/shortcut")}"' in res.stdout, res.stdout[-3000:]
+    assert tree(disk) == before and (c.hosts["node1"].shm / "shortcut").is_symlink()
+
+    # On the real ramdisk root: a standalone preload purges our other step but keeps foreign
+    # entries; a clear removes our steps and leaves the foreign file and folder alone.
+    one = {"survivors.npz": srcs["survivors.npz"]}
+    res = c.playbook("playbooks/ramdisk_preload.yml", extra_vars=preload_vars(one, ramdisk_step="step2"))
+    assert res.returncode == 0, res.stdout[-3000:]
+    for host in c.hosts:
+        root = c.hosts[host].shm / "prng"
+        (root / "notes.txt").write_text("operator's notes")
+        (root / "mydata" / ".cache").mkdir(parents=True)
+        (root / "mydata" / ".cache" / "x").write_text("x")
+    foreign = {h: tree(c.hosts[h].shm / "prng") for h in c.hosts}
+    foreign = {
+        h: {k: v for k, v in t.items() if k.split("/")[0] in ("notes.txt", "mydata")}
+        for h, t in foreign.items()
+    }
+    res = c.playbook("playbooks/ramdisk_preload.yml", extra_vars=preload_vars(srcs))
+    assert res.returncode == 0, res.stdout[-3000:]
+    for host in c.hosts:
+        assert sorted(os.listdir(c.hosts[host].shm / "prng")) == ["mydata", "notes.txt", "step3"], host
+    res = c.playbook("playbooks/ramdisk_clear.yml")
+    assert res.returncode == 0 and all(r["changed"] == 1 for r in recap(res).values()), res.stdout[-3000:]
+    assert "left alone (not a step folder of ours" in " ".join(res.stdout.split()) + " ".join(
+        res.stderr.split()
+    )
+    for host in c.hosts:
+        assert tree(c.hosts[host].shm / "prng") == foreign[host], host

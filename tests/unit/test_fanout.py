@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (
     seeds_digest,
     validate_output,
 )
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import manifest as manifest_mod  # noqa: E402
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.dispatcher import DispatchResult  # noqa: E402
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import (  # noqa: E402
     Job,
     Journal,
@@ -365,3 +369,249 @@ def test_gpu_job_stagger_spaces_worker_starts(tmp_path: Path) -> None:
         t.join()
     starts = sorted(r["jobs"][0]["started"] for r in results)
     assert starts[1] - starts[0] >= 1.4
+
+
+# -- host loss (i38) and failure classes (i31), the scheduler driven by a fake transport ----
+# The fake stands in for the dispatcher only (SSH is exercised by the cluster tests): each
+# dispatch "runs" its jobs for a few ms and hands back what a real one would.
+def _sim(tmp_path: Path, n_jobs: int, hosts: list[HostSpec], dispatch: Any, **settings: Any) -> FanOut:
+    jobs = [
+        Job(id=f"c{i:04d}", argv=["x"], outputs=[{"path": "{out}/r.json", "kind": "json"}])
+        for i in range(n_jobs)
+    ]
+    for h in hosts:
+        slots_for(h, 0)
+    journal = Journal(str(tmp_path / "run"))
+    journal.create({"run_id": "sim", "inputs": {}}, jobs)
+    knobs = dict(
+        poll_seconds=0.005,
+        progress_interval=60,
+        retry_backoff_seconds=0.01,
+        target_dispatch_seconds=0.05,
+        max_jobs_per_dispatch=2,
+    )
+    knobs.update(settings)
+    said: list[str] = []
+    fan = FanOut(
+        str(tmp_path / "run"),
+        ListPlan({}),
+        hosts,
+        {j.id: j for j in jobs},
+        journal,
+        dispatch,
+        Settings(**knobs),
+        said.append,
+    )
+    fan.said = said  # type: ignore[attr-defined]
+    return fan
+
+
+def _transport(tmp_path: Path, reachable: Any, result: Any = None, seconds: float = 0.02) -> Any:
+    """reachable(host, slot) -> bool decides per dispatch (may block); result(host, job)
+    -> dict overrides a job's result (None: ok, with a valid output pulled)."""
+
+    def dispatch(dispatch_id: str, host: HostSpec, slot: int, jobs: list[Job], expect: Any) -> DispatchResult:
+        started = time.time()
+        if not reachable(host.name, slot):
+            return DispatchResult(
+                dispatch_id, host.name, slot, jobs, status="unreachable", error="ssh: connect timed out"
+            )
+        incoming = tmp_path / "incoming" / dispatch_id
+        results = {}
+        for job in jobs:
+            time.sleep(seconds)
+            jr = {"id": job.id, "status": "ok", "rc": 0, "reason": "", "duration_s": seconds}
+            jr.update((result(host.name, job) if result else None) or {})
+            if jr["status"] == "ok":
+                (incoming / job.id).mkdir(parents=True)
+                (incoming / job.id / "r.json").write_text(json.dumps({"job": job.id}))
+            results[job.id] = jr
+        return DispatchResult(
+            dispatch_id,
+            host.name,
+            slot,
+            jobs,
+            job_results=results,
+            incoming=str(incoming),
+            started=started,
+            wall_s=time.time() - started,
+        )
+
+    return dispatch
+
+
+def _run(fan: FanOut, limit: float = 30.0) -> None:
+    worker = threading.Thread(target=fan.run, daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        fan.cancel.set()
+        raise AssertionError("the fan-out hung")
+
+
+def _records(fan: FanOut) -> list[dict[str, Any]]:
+    return fan.journal.records()
+
+
+def _assert_each_done_once(fan: FanOut) -> None:
+    done = Counter(r["job"] for r in _records(fan) if r["ev"] == "done")
+    assert sorted(done) == sorted(fan.jobs) and set(done.values()) == {1}, done
+    replayed = Journal(fan.run_dir).load()
+    assert {j.state for j in replayed.values()} == {"done"}
+
+
+def test_i38_two_slot_host_whose_two_dispatches_are_lost_counts_one_outage(tmp_path: Path) -> None:
+    gate = threading.Barrier(2, timeout=5)
+    cut = {"a": 2}  # the link is down for host a's first two dispatches, one per slot
+    lock = threading.Lock()
+
+    def reachable(host: str, slot: int) -> bool:
+        with lock:
+            lost = cut.get(host, 0) > 0
+            if lost:
+                cut[host] -= 1
+        if lost:
+            gate.wait()  # both slots' dispatches are in flight when the link goes
+        return not lost
+
+    fan = _sim(
+        tmp_path,
+        40,
+        [
+            HostSpec("a", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+            HostSpec("b", max_concurrent_jobs=1),
+        ],
+        _transport(tmp_path, reachable, seconds=0.03),
+        max_host_failures=2,  # the old count (one per slot) left the host out for good
+        host_retry_seconds=0.2,
+    )
+    _run(fan)
+    a = fan.hosts["a"]
+    assert not a.excluded and a.done > 1, fan.said  # type: ignore[attr-defined]
+    assert (a.outages, a.epoch, a.state(), a.rejoins) == (1, 1, "up", 1)
+    recs = _records(fan)
+    assert sum(1 for r in recs if r["ev"] == "requeue") == 2  # the two lost jobs, requeued once each
+    back = next(i for i, r in enumerate(recs) if r["ev"] == "host" and r["state"] == "up")
+    probe = [r for r in recs if r["ev"] == "start" and r.get("probe")]
+    assert len(probe) == 1 and probe[0]["host"] == "a"  # one job tried it again
+    slots_after = {r["slot"] for r in recs[back:] if r["ev"] == "start" and r["host"] == "a"}
+    assert slots_after == {0, 1}, "all of the host's slots are back"
+    _assert_each_done_once(fan)
+    m = manifest_mod.build({"run_id": "sim"}, fan, fan.started)
+    assert m["complete"] and m["stopped"] is None
+    assert {k: m["hosts"]["a"][k] for k in ("outages", "losses", "rejoined", "state")} == {
+        "outages": 1,
+        "losses": 1,
+        "rejoined": True,
+        "state": "up",
+    }
+    assert m["hosts"]["a"]["down_s"] > 0.15
+
+
+def test_i38_excluded_host_is_probed_and_rejoins_when_it_answers(tmp_path: Path) -> None:
+    calls = {"a": 0}
+
+    def reachable(host: str, slot: int) -> bool:
+        if host != "a":
+            return True
+        calls["a"] += 1
+        return calls["a"] > 2  # lost, the first probe finds it still down, the second answers
+
+    fan = _sim(
+        tmp_path,
+        40,
+        [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)],
+        _transport(tmp_path, reachable, seconds=0.03),
+        max_host_failures=1,  # left out at the first loss ...
+        host_retry_seconds=0.05,  # ... and still probed every 0.4 s (8x) while b works
+    )
+    _run(fan)
+    said = "\n".join(fan.said)  # type: ignore[attr-defined]
+    assert "host a left out" in said and "host a answers again" in said, said
+    a = fan.hosts["a"]
+    assert (a.outages, a.epoch, a.state(), a.excluded) == (1, 2, "up", False)
+    assert a.done > 1  # more than the probe job
+    _assert_each_done_once(fan)
+    m = manifest_mod.build({"run_id": "sim"}, fan, fan.started)
+    assert m["hosts"]["a"]["rejoined"] and m["hosts"]["a"]["outages"] == 1
+
+
+def test_host_loss_every_host_gone_fails_the_rest_without_hanging(tmp_path: Path) -> None:
+    fan = _sim(
+        tmp_path,
+        6,
+        [
+            HostSpec("a", max_concurrent_jobs=1),
+            HostSpec("b", gpu_type="cuda", gpu_count=2, max_concurrent_jobs=2),
+        ],
+        _transport(tmp_path, lambda host, slot: False),
+        max_host_failures=2,
+        host_retry_seconds=0.02,
+    )
+    _run(fan)
+    assert all(h.excluded and h.outages == 1 and h.epoch == 2 for h in fan.hosts.values())
+    assert {(j.state, j.reason) for j in fan.jobs.values()} == {("failed", "no reachable host left")}
+    # Requeues by a failed probe are not the job's fault: none ran out of requeues.
+    assert not any("requeued" in r.get("reason", "") for r in _records(fan))
+
+
+def test_i31_input_error_stops_the_run_without_retry(tmp_path: Path) -> None:
+    line = "error: train history /data/train.json holds 3 draws, at least 10 are needed"
+
+    def result(host: str, job: Job) -> dict[str, Any] | None:
+        if job.id == "c0002":
+            return {"status": "failed", "rc": 2, "reason": "exit 2: " + line, "stderr_tail": line + "\n"}
+        return None
+
+    fan = _sim(
+        tmp_path,
+        12,
+        [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)],
+        _transport(tmp_path, lambda host, slot: True, result, seconds=0.03),
+        max_jobs_per_dispatch=1,
+    )
+    _run(fan)
+    recs = _records(fan)
+    assert [r["ev"] for r in recs if r.get("job") == "c0002"] == ["start", "fail"]  # one attempt, no retry
+    failed_on = next(r["host"] for r in recs if r["ev"] == "fail")
+    assert fan.stopped == f"job c0002: input error on {failed_on}: {line}"
+    states = Counter(j.state for j in fan.jobs.values())
+    assert states["failed"] == 1 and states["running"] == 0
+    assert states["queued"] >= 6, states  # not failed: a corrected rerun resumes them
+    assert not any(r["ev"] == "fail" and r["job"] != "c0002" for r in recs)
+    replayed = Journal(fan.run_dir).load()
+    assert sum(1 for j in replayed.values() if j.state == "queued") == states["queued"]
+    m = manifest_mod.build({"run_id": "sim"}, fan, fan.started)
+    assert m["stopped"] == fan.stopped and not m["complete"]
+    assert any(f["action"] == "run stopped" for f in m["failures"])
+
+
+def test_i31_crash_is_retried_elsewhere_and_does_not_stop_the_run(tmp_path: Path) -> None:
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def result(host: str, job: Job) -> dict[str, Any] | None:
+        with lock:
+            seen[job.id] += 1
+            first = seen[job.id] == 1
+        if first and job.id == "c0002":  # a crash: exit 1
+            tail = "error: RuntimeError: CUDA error: an illegal memory access was encountered\n"
+            return {"status": "failed", "rc": 1, "reason": "exit 1: crash", "stderr_tail": tail}
+        if first and job.id == "c0003":  # exit 2, but not the worker's verdict on its input
+            tail = "python3: can't open file '/opt/w/job.py': [Errno 2] No such file or directory\n"
+            return {"status": "failed", "rc": 2, "reason": "exit 2: can't open", "stderr_tail": tail}
+        return None
+
+    fan = _sim(
+        tmp_path,
+        8,
+        [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)],
+        _transport(tmp_path, lambda host, slot: True, result),
+        max_jobs_per_dispatch=1,
+    )
+    _run(fan)
+    assert fan.stopped is None
+    _assert_each_done_once(fan)
+    for job_id in ("c0002", "c0003"):
+        hosts = [r["host"] for r in _records(fan) if r["ev"] == "start" and r["job"] == job_id]
+        assert len(hosts) == 2 and hosts[0] != hosts[1], hosts  # retried, on the other host

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,10 @@ def run_role(tmp: Path, extra: dict, *args: str) -> subprocess.CompletedProcess[
         "gpu_env_hip_cache_root": str(tmp / "cache"),
         "ansible_python_interpreter": sys.executable,
     }
-    env = dict(os.environ, PATH=f"{BIN}:/usr/bin:/bin", ANSIBLE_NOCOLOR="1")
+    # JSON results: a failed task's msg is one line, not wrapped as YAML would (see failures())
+    env = dict(
+        os.environ, PATH=f"{BIN}:/usr/bin:/bin", ANSIBLE_NOCOLOR="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json"
+    )
     return subprocess.run(
         [
             str(BIN / "ansible-playbook"),
@@ -156,3 +160,116 @@ def test_hip_cache_root_refuses_slash(tmp_path: Path) -> None:
     rig = host_copy(tmp_path / "rig", "no_tool")
     res = run_role(rig, {"gpu_env_clear_hip_cache": True, "gpu_env_hip_cache_root": "/"})
     assert res.returncode != 0 and "refusing to clear caches under '/'" in res.stdout
+
+
+# -- i36: values written into shell-sourced files are pattern-checked and quoted ------------------
+def grub_value(grub: Path) -> str:
+    out = subprocess.run(
+        [
+            "/usr/bin/env",
+            "-i",
+            "/bin/sh",
+            "-c",
+            '. "$1"; printf %s "$GRUB_CMDLINE_LINUX_DEFAULT"',
+            "sh",
+            str(grub),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=grub.parent,
+    )
+    return out.stdout
+
+
+def failures(res: subprocess.CompletedProcess[str]) -> list[str]:
+    """The `msg` of every failed task in ansible-playbook's output (JSON-decoded)."""
+    return [json.loads(m) for m in re.findall(r'"msg": ("(?:[^"\\]|\\.)*")', res.stdout)]
+
+
+def test_i36_injection_in_ppfeaturemask_refused_nothing_written(tmp_path: Path) -> None:
+    rig = host_copy(tmp_path / "rig", "rig6600_rocm_smi_hung")
+    pwned = rig / "pwned"
+    evil = f'0xffff"; touch {pwned}; x="'
+    res = run_role(
+        rig, {"gpu_env_gpu_type": "rocm", "gpu_env_set_boot_params": True, "gpu_env_ppfeaturemask": evil}
+    )
+    assert res.returncode != 0
+    msg = (
+        f"gpu_env_ppfeaturemask: found {json.dumps(evil)}, "
+        "expected 0x and 1-8 hex digits (e.g. 0xffff7fff) or a decimal number"
+    )
+    assert msg in failures(res), res.stdout[-3000:]
+    assert (rig / "grub").read_text() == GRUB and not (rig / "home").exists()  # nothing written
+    assert grub_value(rig / "grub") == "quiet splash" and not pwned.exists()  # sourcing it runs nothing
+
+
+@pytest.mark.parametrize("name", ["X=1; touch pwned; Y", "1BAD", "PATH\nx"])
+def test_i36_env_var_name_injection_refused(tmp_path: Path, name: str) -> None:
+    rig = host_copy(tmp_path / "rig", "rig6600_rocm_smi_healthy")
+    res = run_role(rig, {"gpu_env_extra_vars": {name: "v"}})
+    assert res.returncode != 0
+    want = (
+        f"gpu_env_extra_vars: variable name {json.dumps(name)} found, "
+        "expected letters, digits and _ (not starting with a digit)"
+    )
+    assert want in failures(res), res.stdout[-3000:]
+    assert not (rig / "home").exists() and not (rig / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("gpu_env_hsa_override_gfx_version", "10.3.0; touch pwned"),
+        ("gpu_env_hsa_override_gfx_version", "10.3.0\n"),  # `$` would let the newline through
+        ("gpu_env_rocm_path", "/opt/rocm$(touch pwned)"),
+        ("gpu_env_pytorch_hip_alloc_conf", "max_split_size_mb:128'; touch pwned; '"),
+    ],
+)
+def test_i36_env_values_pattern_checked(tmp_path: Path, var: str, value: str) -> None:
+    rig = host_copy(tmp_path / "rig", "rig6600_rocm_smi_healthy")
+    res = run_role(rig, {var: value})
+    assert res.returncode != 0
+    assert any(m.startswith(f"{var}: found {json.dumps(value)}, expected ") for m in failures(res)), (
+        res.stdout[-3000:]
+    )
+    assert not (rig / "home").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="become (su) to root needs root here")
+@pytest.mark.parametrize(
+    ("old", "mask", "want"),
+    [
+        ('"quiet splash"', "0xfffd7fff", "quiet splash amdgpu.ppfeaturemask=0xfffd7fff"),
+        ("'quiet  splash'", "4294934527", "quiet splash amdgpu.ppfeaturemask=4294934527"),
+        ('"amdgpu.ppfeaturemask=0x1 quiet"', "0xFFFF7FFF", "quiet amdgpu.ppfeaturemask=0xFFFF7FFF"),
+    ],
+)
+def test_i36_ppfeaturemask_written_quoted_sources_back_exactly(
+    tmp_path: Path, old: str, mask: str, want: str
+) -> None:
+    rig = host_copy(tmp_path / "rig", "rig6600_rocm_smi_hung")
+    (rig / "grub").write_text(GRUB.replace('"quiet splash"', old))
+    flags = {"gpu_env_gpu_type": "rocm", "gpu_env_set_boot_params": True, "gpu_env_ppfeaturemask": mask}
+    res = run_role(rig, flags)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert f'GRUB_CMDLINE_LINUX_DEFAULT="{want}"\n' in (rig / "grub").read_text()
+    assert grub_value(rig / "grub") == want  # a real shell gives back exactly the intended string
+    again = run_role(rig, flags)
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-2000:]
+
+
+@pytest.mark.parametrize("line", ['"quiet $(touch pwned)"', '"quiet `id`"', "quiet", '"a \\" b"'])
+def test_i36_grub_line_that_expands_is_not_taken_over(tmp_path: Path, line: str) -> None:
+    rig = host_copy(tmp_path / "rig", "rig6600_rocm_smi_hung")
+    grub = GRUB.replace('"quiet splash"', line)
+    (rig / "grub").write_text(grub)
+    res = run_role(rig, {"gpu_env_gpu_type": "rocm", "gpu_env_set_boot_params": True})
+    assert res.returncode != 0
+    found = json.dumps("GRUB_CMDLINE_LINUX_DEFAULT=" + line)
+    want = (
+        f'{rig / "grub"}: found {found}, expected GRUB_CMDLINE_LINUX_DEFAULT="..." or \'...\' without " $ ` '
+        "or backslash in it (edit it by hand)"
+    )
+    assert want in failures(res), res.stdout[-3000:]
+    assert (rig / "grub").read_text() == grub and not (rig / "pwned").exists()

@@ -1,7 +1,9 @@
 """Host-side ramdisk logic (module_utils/ramdisk.py) and the module, on real files in /dev/shm.
 
 Incidents: i12 (sentinel only after every file verified), i13 (content hashes, not
-existence), i14 (clear removes whole step folders, dotfiles too, never outside the root).
+existence), i14 (clear removes whole step folders, dotfiles too, never outside the root),
+i35 (clear and the exclusive purge delete only on a tmpfs/ramfs root and only step folders
+carrying our manifest; a disk folder here is one that `stat -f` reports as not a tmpfs).
 The real-mount thresholds (i25) and transfers over SSH are in tests/integration/test_ramdisk_cluster.py.
 """
 
@@ -12,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -28,13 +31,35 @@ from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd 
 from ansible_collections.prng.cluster.plugins.modules import ramdisk as mod  # noqa: E402
 
 
+def fs_type(path: Path) -> str:
+    """The filesystem type as `stat -f` reports it (independent of the code under test)."""
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 @pytest.fixture
 def root() -> Iterator[Path]:
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"prng-unit-{uuid.uuid4().hex[:10]}" / "ramdisk"
+    """A ramdisk root of its own on the real /dev/shm tmpfs."""
+    if not os.access("/dev/shm", os.W_OK) or fs_type(Path("/dev/shm")) != "tmpfs":
+        pytest.skip("needs a writable tmpfs at /dev/shm")
+    path = Path("/dev/shm") / f"prng-unit-{uuid.uuid4().hex[:10]}" / "ramdisk"
     path.mkdir(parents=True)
     yield path
     shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def disk_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real folder on disk (not tmpfs/ramfs): pytest's tmp_path, else /var/tmp or runs/."""
+    for base in (tmp_path, Path("/var/tmp"), ROOT / "runs"):
+        if base.is_dir() and os.access(base, os.W_OK) and fs_type(base) not in ("tmpfs", "ramfs"):
+            path = base / f"prng-disk-{uuid.uuid4().hex[:10]}"
+            path.mkdir()
+            yield path
+            shutil.rmtree(path, ignore_errors=True)
+            return
+    pytest.skip("no writable disk (non-tmpfs) folder found")
 
 
 @pytest.fixture
@@ -223,10 +248,14 @@ def test_file_names_must_be_plain_and_unique(root: Path, sources: dict[str, Path
 def test_i14_clear_all_removes_dotfiles_and_whole_step_dirs(root: Path, sources: dict[str, Path]) -> None:
     preload(root, "step2", {"survivors.npz": sources["survivors.npz"]})
     preload(root, "step3", sources)
-    (root / ".ready_step3").write_text("old sentinel")
+    (root / "step3" / ".ready_step3").write_text("old sentinel")  # dotfiles inside a step go with it
+    (root / ".ready_step3").write_text("old sentinel")  # not a step folder of ours: kept (i35)
     plan = rd.plan_clear(str(root))
-    assert sorted(Path(t["path"]).name for t in plan["targets"]) == [".ready_step3", "step2", "step3"]
+    assert sorted(Path(t["path"]).name for t in plan["targets"]) == ["step2", "step3"]
+    assert plan["foreign"] == [str(root / ".ready_step3")]
     rd.do_clear(plan)
+    assert os.listdir(root) == [".ready_step3"]
+    rd.do_clear(rd.plan_clear(str(root), remove_foreign=True))  # the explicit override
     assert os.listdir(root) == []
 
 
@@ -266,9 +295,164 @@ def test_i14_step_symlinked_outside_root_refused_and_target_kept(root: Path, tmp
         rd.plan_clear(str(root), "step9")
     with pytest.raises(rd.RamdiskError, match="outside the ramdisk root"):
         rd.plan_preload(str(root), "step9", [])
-    # Clearing everything removes the link itself, never what it points to.
-    rd.do_clear(rd.plan_clear(str(root)))
+    # A link is never a step of ours: kept; the override removes the link itself, never
+    # what it points to.
+    assert rd.plan_clear(str(root))["foreign"] == [str(root / "step9")]
+    rd.do_clear(rd.plan_clear(str(root), remove_foreign=True))
     assert os.listdir(root) == [] and (outside / "data").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- i35: only ours
+
+
+def snapshot(path: Path) -> dict[str, bytes | None]:
+    """Every entry under ``path`` (dotfiles and links too): file content, None for folders."""
+    out: dict[str, bytes | None] = {}
+    for base, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(base) / name
+            rel = str(p.relative_to(path))
+            out[rel] = os.readlink(p).encode() if p.is_symlink() else (None if p.is_dir() else p.read_bytes())
+    return out
+
+
+def fill_disk_folder(path: Path, sources: dict[str, Path]) -> dict[str, bytes | None]:
+    """Someone's data on disk, including a step folder of ours and dotfiles."""
+    preload(path, "step3", sources)  # non-exclusive: allowed anywhere (only warns)
+    (path / ".bashrc").write_text("precious dotfile")
+    (path / "thesis.tex").write_text("precious")
+    (path / "photos").mkdir()
+    (path / "photos" / ".hidden.jpg").write_bytes(b"\xff\xd8")
+    return snapshot(path)
+
+
+def expected_refusal(given: Path | str, real: Path) -> str:
+    found = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE,TARGET", "-T", str(real)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return (
+        f"refusing to clear: ramdisk root {given} (real path {real}) is on {found[0]} (mount {found[1]}), "
+        "not a tmpfs/ramfs; nothing removed "
+        "(set ramdisk_allow_any_root=true, module option allow_any_root, to override)"
+    )
+
+
+def test_i35_clear_refuses_a_disk_root_and_removes_nothing(disk_dir: Path, sources: dict[str, Path]) -> None:
+    assert fs_type(disk_dir) not in ("tmpfs", "ramfs")
+    before = fill_disk_folder(disk_dir, sources)
+    with pytest.raises(rd.RamdiskError) as err:
+        rd.plan_clear(str(disk_dir))
+    assert str(err.value) == expected_refusal(disk_dir, disk_dir)
+    for args in ({}, {"step": "step3"}, {"_ansible_check_mode": True}):
+        res = run_module({"state": "clear", "root": str(disk_dir), **args})
+        assert res["failed"] is True and res["msg"] == expected_refusal(disk_dir, disk_dir), res
+        assert "\n" not in res["msg"]
+    assert snapshot(disk_dir) == before
+
+
+def test_i35_clear_refuses_a_shm_symlink_to_a_disk_folder(
+    root: Path, disk_dir: Path, sources: dict[str, Path]
+) -> None:
+    before = fill_disk_folder(disk_dir, sources)
+    link = root / "prng"
+    link.symlink_to(disk_dir)
+    assert fs_type(root) == "tmpfs" and fs_type(link) not in ("tmpfs", "ramfs")  # stat -f follows it
+    res = run_module({"state": "clear", "root": str(link)})
+    assert res["failed"] is True and res["msg"] == expected_refusal(link, disk_dir), res
+    assert snapshot(disk_dir) == before and link.is_symlink()
+
+
+def test_i35_missing_root_on_tmpfs_clears_nothing_missing_root_on_disk_refused(
+    root: Path, disk_dir: Path
+) -> None:
+    res = run_module({"state": "clear", "root": str(root / "nope")})
+    assert res["changed"] is False and res["removed"] == []
+    assert res["msg"] == f"ramdisk root {root / 'nope'} does not exist: nothing to clear"
+    res = run_module({"state": "clear", "root": str(disk_dir / "nope")})
+    assert res["failed"] is True and res["msg"].startswith(
+        f"refusing to clear: ramdisk root {disk_dir / 'nope'} "
+    )
+
+
+def test_i35_clear_removes_only_step_folders_carrying_our_manifest(
+    root: Path, sources: dict[str, Path]
+) -> None:
+    preload(root, "step2", {"survivors.npz": sources["survivors.npz"]})
+    preload(root, "step3", sources)
+    (root / ".keep").write_text("dotfile")
+    (root / "notes.txt").write_text("foreign file")
+    (root / "mydata").mkdir()
+    (root / "mydata" / "x.bin").write_bytes(b"x")
+    (root / "fake").mkdir()
+    (root / "fake" / rd.MANIFEST).write_text('{"hello": 1}')  # not our manifest
+    (root / "copy").mkdir()  # a manifest of ours, but for another step (copied by hand)
+    shutil.copy(root / "step2" / rd.MANIFEST, root / "copy" / rd.MANIFEST)
+    (root / "alias").symlink_to(root / "step3")  # a link is never a step of ours
+    foreign = [".keep", "alias", "copy", "fake", "mydata", "notes.txt"]
+    kept = {k: v for k, v in snapshot(root).items() if k.split("/")[0] in foreign}
+
+    res = run_module({"state": "clear", "root": str(root), "_ansible_check_mode": True})
+    assert res["removed"] == [str(root / "step2"), str(root / "step3")] and (root / "step2").exists()
+    res = run_module({"state": "clear", "root": str(root)})
+    assert res["changed"] is True and res["removed"] == [str(root / "step2"), str(root / "step3")]
+    assert res["foreign"] == [str(root / n) for n in foreign]
+    assert sorted(os.listdir(root)) == foreign
+    assert snapshot(root) == kept
+    assert (root / "notes.txt").read_text() == "foreign file"
+
+    # One step: a folder without our manifest is not removed either.
+    res = run_module({"state": "clear", "root": str(root), "step": "mydata"})
+    assert res["changed"] is False and res["foreign"] == [str(root / "mydata")]
+    assert (root / "mydata" / "x.bin").exists()
+
+    # The explicit override removes everything (links as links).
+    res = run_module({"state": "clear", "root": str(root), "remove_foreign": True})
+    assert res["changed"] is True and os.listdir(root) == []
+
+
+def test_i35_exclusive_preload_purges_only_our_steps(root: Path, sources: dict[str, Path]) -> None:
+    preload(root, "step2", {"survivors.npz": sources["survivors.npz"]})
+    (root / ".keep").write_text("dotfile")
+    (root / "mydata").mkdir()
+    plan = rd.plan_preload(str(root), "step3", [entry(p) for p in sources.values()], exclusive=True)
+    assert plan["purge"] == ["step2"] and plan["foreign"] == [".keep", "mydata"]
+    assert any("left alone" in w and "mydata" in w for w in plan["warnings"])
+    preload(root, "step3", sources, exclusive=True)
+    assert sorted(os.listdir(root)) == [".keep", "mydata", "step3"]
+
+
+def test_i35_exclusive_preload_on_a_disk_root_refuses_to_purge(
+    disk_dir: Path, sources: dict[str, Path]
+) -> None:
+    preload(disk_dir, "step2", {"survivors.npz": sources["survivors.npz"]})
+    before = snapshot(disk_dir)
+    expected = [entry(p) for p in sources.values()]
+    with pytest.raises(
+        rd.RamdiskError, match=r"^refusing to remove the other steps \(step2\): ramdisk root "
+    ):
+        rd.plan_preload(str(disk_dir), "step3", expected, exclusive=True)
+    assert snapshot(disk_dir) == before
+    plan = rd.plan_preload(str(disk_dir), "step3", expected, exclusive=True, allow_any_root=True)
+    assert plan["purge"] == ["step2"]
+
+
+def test_i35_allow_any_root_still_removes_only_our_steps(disk_dir: Path, sources: dict[str, Path]) -> None:
+    fill_disk_folder(disk_dir, sources)
+    res = run_module({"state": "clear", "root": str(disk_dir), "allow_any_root": True})
+    assert res["removed"] == [str(disk_dir / "step3")]
+    assert sorted(os.listdir(disk_dir)) == [".bashrc", "photos", "thesis.tex"]
+
+
+def test_unfinished_first_preload_is_still_ours(root: Path, sources: dict[str, Path]) -> None:
+    """A folder the preload created carries an (empty, never ready) manifest from the start,
+    so a clear removes it even when the first load never finished."""
+    plan = rd.plan_preload(str(root), "step3", [entry(p) for p in sources.values()])
+    rd.prepare_preload(plan)
+    Path(rd.staged_path(plan["path"], "survivors.npz")).write_bytes(b"partial")
+    assert rd.status(str(root))["steps"][0]["state"] == "incomplete"
+    assert rd.is_our_step(str(root), "step3")
+    rd.do_clear(rd.plan_clear(str(root)))
+    assert os.listdir(root) == []
 
 
 # --------------------------------------------------------------------------- status

@@ -37,8 +37,12 @@ def _load_json(path: str | os.PathLike[str], what: str) -> Any:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{what} {p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what} {p}: cannot read: {exc}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {p}: is a folder, expected a file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} {p}: not UTF-8 text (byte {exc.start}), expected JSON") from None
+    except OSError as exc:
+        raise InputError(f"{what} {p}: cannot read ({exc.strerror or type(exc).__name__})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -49,17 +53,36 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_JSON_TYPES = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"),
+               (list, "list"), (dict, "object"), (type(None), "null"))
+
+
+def json_type(v: Any) -> str:
+    """The JSON name of a parsed value's type ("object", "list", "string", ...), for messages."""
+    return next((name for t, name in _JSON_TYPES if isinstance(v, t)), type(v).__name__)
+
+
+def show(v: Any, width: int = 40) -> str:
+    """A value as JSON, cut to `width` characters: one line, whatever it holds."""
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def validate_history(data: Any, where: str = "history") -> list[dict[str, Any]]:
     if not isinstance(data, list):
-        raise InputError(f"{where}: expected a JSON list of draw records")
+        raise InputError(f"{where}: found a JSON {json_type(data)}, expected a JSON list of draw records")
     if not data:
-        raise InputError(f"{where}: history is empty")
+        raise InputError(f"{where}: history is empty, expected at least one draw record")
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
-            raise InputError(f"{where}: entry {i} is not an object")
+            raise InputError(f"{where}: entry {i} is a JSON {json_type(rec)}, expected an object "
+                             "with date, session and draw")
         for key in ("date", "session", "draw"):
             if key not in rec:
-                raise InputError(f"{where}: entry {i} lacks {key!r}")
+                raise InputError(f"{where}: entry {i} lacks {key!r} (expected date, session and draw)")
         if not isinstance(rec["date"], str) or not _DATE.match(rec["date"]):
             raise InputError(f"{where}: entry {i}: date must be YYYY-MM-DD, got {rec['date']!r}")
         if rec["session"] not in SESSIONS:
@@ -113,6 +136,32 @@ def load_int_list(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(data, dtype=np.int64)
 
 
+def load_draws(path: str | os.PathLike[str], what: str, m: int) -> np.ndarray:
+    """A train/holdout history: JSON list of ints in [0, m) -> int64, checked as a whole array.
+
+    The first bad entry is named with its index, value and the expected range (i33)."""
+    p = Path(path)
+    data = _load_json(p, what)
+    expected = f"expected an integer in [0, {m})"
+    if not isinstance(data, list):
+        raise InputError(f"{what} {p}: found a JSON {json_type(data)}, "
+                         f"expected a JSON list of integers in [0, {m})")
+    if set(map(type, data)) - {int}:  # bool is a type of its own here, so `true` is caught too
+        i = next(i for i, v in enumerate(data) if type(v) is not int)
+        found = f"{show(data[i])} (a JSON {json_type(data[i])})"
+        raise InputError(f"{what} {p}: entry {i} is {found}, {expected}")
+    try:
+        arr = np.array(data, dtype=np.int64)
+    except OverflowError:
+        i = next(i for i, v in enumerate(data) if not 0 <= v < m)
+        raise InputError(f"{what} {p}: entry {i} is {show(data[i])}, {expected}") from None
+    bad = np.flatnonzero((arr < 0) | (arr >= m))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"{what} {p}: entry {i} is {int(arr[i])}, {expected} (mod {m})")
+    return arr
+
+
 # ---------------------------------------------------------------- survivors
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -126,12 +175,14 @@ def _kind(path: str | os.PathLike[str]) -> str:
     return suffix[1:]
 
 
-def _seed_column(values: Any) -> np.ndarray:
+def _seed_column(values: Any, where: str = "survivors", first: int = 0) -> np.ndarray:
     if not isinstance(values, np.ndarray):
         # never np.asarray a list of big ints: NumPy turns [5, 2**63+1] into float64
         vals = list(values)
         if not all(_is_int(v) and 0 <= v <= MASK64 for v in vals):
-            raise InputError("survivor seeds must be integers in [0, 2^64)")
+            i = next(i for i, v in enumerate(vals) if not (_is_int(v) and 0 <= v <= MASK64))
+            raise InputError(f"{where}: record {first + i} has seed {show(vals[i])}, "
+                             "expected an integer in [0, 2^64)")
         return np.array(vals, dtype=np.uint64)
     arr = values
     if arr.dtype == np.uint64:
@@ -148,12 +199,13 @@ def _seed_column(values: Any) -> np.ndarray:
     return np.array(vals, dtype=np.uint64)
 
 
-def _column(name: str, values: Sequence[Any]) -> np.ndarray:
+def _column(name: str, values: Sequence[Any], where: str = "survivors", first: int = 0) -> np.ndarray:
     if name == "seeds":
-        return _seed_column(values)
+        return _seed_column(values, where, first)
     if all(_is_int(v) for v in values):
         if any(not -(1 << 63) <= v < 1 << 63 for v in values):
-            raise InputError(f"survivors field {name!r}: integer outside int64")
+            i = next(i for i, v in enumerate(values) if not -(1 << 63) <= v < 1 << 63)
+            raise InputError(f"{where}: record {first + i} has {name} {values[i]}, expected an int64")
         return np.asarray(values, dtype=np.int64)
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=np.float64)
@@ -161,25 +213,37 @@ def _column(name: str, values: Sequence[Any]) -> np.ndarray:
         return np.asarray(values, dtype=str)
     if all(isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=bool)
-    raise InputError(f"survivors field {name!r}: mixed or unsupported values")
+    kind = json_type(values[0])
+    odd = kind in ("null", "list", "object")
+    i = next((i for i, v in enumerate(values) if odd or json_type(v) != kind), 0)
+    raise InputError(f"{where}: record {first + i} has {name} {show(values[i])}, expected the same kind "
+                     "of value (all numbers, all strings or all booleans) in every record")
 
 
 def records_to_columns(records: Sequence[Mapping[str, Any]],
-                       where: str = "survivors") -> dict[str, np.ndarray]:
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise InputError(f"{where}: expected a JSON list of survivor records")
+                       where: str = "survivors", first: int = 0) -> dict[str, np.ndarray]:
+    """Columns of a list of survivor records; `first` = index of records[0] in its file (messages)."""
+    if not isinstance(records, list):
+        raise InputError(f"{where}: found a JSON {json_type(records)}, "
+                         "expected a JSON list of survivor records")
+    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise InputError(f"{where}: record {first + bad} is a JSON {json_type(records[bad])}, "
+                         "expected an object with a 'seed' field")
     if not records:
         return {"seeds": np.zeros(0, dtype=np.uint64)}
     names = list(records[0])
     for i, rec in enumerate(records):
         if list(rec) != names and set(rec) != set(names):
-            raise InputError(f"{where}: record {i} has fields {sorted(rec)}, expected {sorted(names)}")
+            raise InputError(f"{where}: record {first + i} has fields {sorted(rec)}, "
+                             f"expected {sorted(names)}")
     if "seed" not in names:
-        raise InputError(f"{where}: records lack 'seed'")
+        raise InputError(f"{where}: records have no 'seed' field (fields: {', '.join(names)}), "
+                         "expected every record to carry its seed")
     cols: dict[str, np.ndarray] = {}
     for name in names:
         key = "seeds" if name == "seed" else name
-        cols[key] = _column(key, [r[name] for r in records])
+        cols[key] = _column(key, [r[name] for r in records], where, first)
     return cols
 
 
@@ -253,7 +317,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Sidecar of an NPZ survivors file (schema_version checked)."""
     side = sidecar_path(path)
     if not side.exists():
-        raise InputError(f"survivors {path}: sidecar {side.name} missing (incomplete write?)")
+        raise InputError(f"survivors {path}: sidecar {side.name} missing, expected next to the NPZ "
+                         "(written last: an incomplete write?)")
     meta = _load_json(side, "survivors sidecar")
     if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(f"survivors {path}: unsupported schema_version "
@@ -331,9 +396,10 @@ def read_survivors(path: str | os.PathLike[str], start: int | None = None,
     if kind == "json":
         data = _load_json(p, "survivors")
         if not isinstance(data, list):
-            raise InputError(f"survivors {p}: expected a JSON list of records")
+            raise InputError(f"survivors {p}: found a JSON {json_type(data)}, "
+                             "expected a JSON list of records")
         sl = _check_slice(p, start, stop, len(data))
-        return normalize_columns(records_to_columns(data[sl], f"survivors {p}"))
+        return normalize_columns(records_to_columns(data[sl], f"survivors {p}", sl.start))
     meta = read_meta(p)
     members = _npz_members(p)
     if "seeds" not in members:
@@ -355,14 +421,16 @@ def survivors_params(path: str | os.PathLike[str]) -> dict[str, Any]:
         return dict(read_meta(p).get("params") or {})
     data = _load_json(p, "survivors")
     if not isinstance(data, list):
-        raise InputError(f"survivors {p}: expected a JSON list of records")
+        raise InputError(f"survivors {p}: found a JSON {json_type(data)}, expected a JSON list of records")
     if not data:
         return {}
+    if not isinstance(data[0], dict):
+        raise InputError(f"survivors {p}: record 0 is a JSON {json_type(data[0])}, expected an object")
     first = data[0]
     return {k: v for k, v in first.items()
             if k not in ("seed", "match_rate", "matches", "total", "best_skip",
                          "forward_match_rate", "reverse_match_rate", "score")
-            and all(r.get(k) == v for r in data)}
+            and all(isinstance(r, dict) and r.get(k) == v for r in data)}
 
 
 def count_survivors(path: str | os.PathLike[str]) -> int:

@@ -1,8 +1,9 @@
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """The run manifest: inputs with hashes, parameters, jobs expected/completed/failed,
-per-host counts, timings, dispatch overhead and every failure with its reason. Written
-whatever happened (i15), so a partial run still says exactly what it holds."""
+per-host counts and outages, timings, dispatch overhead, every failure with its reason and
+why the run stopped early, if it did. Written whatever happened (i15), so a partial run
+still says exactly what it holds."""
 
 from __future__ import annotations
 
@@ -39,7 +40,14 @@ def build(header: Dict[str, Any], fan: Any, session_started: float) -> Dict[str,
             "dispatches": h.dispatches,
             "dispatch_wall_s": round(h.dispatch_wall_s, 3),
             "rate_units_per_slot_s": round(h.rate or 0.0, 3),
-            "state": "excluded" if h.excluded else "up",
+            # Host loss (i38): outages counted once per host, however many slots it took
+            # down; `losses` adds the probes that found it still down.
+            "state": h.state(),
+            "outages": h.outages,
+            "losses": h.epoch,
+            "down_s": round(h.time_down(ended), 3),
+            "downtime": [list(p) for p in h.downtime],
+            "rejoined": h.rejoins > 0,
             "last_error": h.last_error,
         }
     outputs: List[Dict[str, Any]] = []
@@ -66,6 +74,9 @@ def build(header: Dict[str, Any], fan: Any, session_started: float) -> Dict[str,
         "inputs": header.get("inputs"),
         "params": header.get("params"),
         "complete": not failed,
+        # One line when the run stopped on a deterministic error (an input error, i31):
+        # the queued jobs were left queued, and running it again unchanged fails again.
+        "stopped": fan.stopped,
         "jobs": {
             "expected": len(jobs),
             "completed": len(done),

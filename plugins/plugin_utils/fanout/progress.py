@@ -31,7 +31,8 @@ def snapshot(fan: Any) -> Dict[str, Any]:
             "failed": h.failed,
             "units_done": h.units_done,
             "rate_units_per_slot_s": round(h.rate or 0.0, 3),
-            "state": "excluded" if h.excluded else ("down" if h.down_until > now else "up"),
+            "state": h.state(),
+            "outages": h.outages,
             "last_error": h.last_error[:200],
         }
     return {
@@ -42,6 +43,7 @@ def snapshot(fan: Any) -> Dict[str, Any]:
         "rate_units_per_s": round(rate, 3),
         "eta_s": round(remaining / rate, 1) if rate > 0 else None,
         "hosts": hosts,
+        "stopped": fan.stopped,
     }
 
 
@@ -79,6 +81,8 @@ def render(snap: Dict[str, Any]) -> str:
             eta,
         )
     ]
+    if snap.get("stopped"):
+        lines.append(f"  stopped: {snap['stopped']}")
     for name, h in snap["hosts"].items():
         lines.append(
             f"  {name:<16} {h['state']:<8} slots {h['slots']:2d}  running {h['running']:2d}"

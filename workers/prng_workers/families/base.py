@@ -82,6 +82,9 @@ class Family:
     description: str = ""
     #: largest supported modulus (outputs are < 2^32)
     max_mod: int = 1 << 32
+    #: seeds are read as this many bits (init masks the rest off): seeds at or above
+    #: 2^seed_bits repeat the streams of smaller ones, so a sieve range stops there
+    seed_bits: int = 64
 
     def stream(self, seed: int, m: int) -> Iterator[int]:
         """Outputs of calls 1, 2, 3, ... already reduced mod m (pure Python, obvious code)."""

@@ -41,6 +41,7 @@ class JavaRandom(Family):
     name = "java_random"
     description = "new java.util.Random(seed).nextInt(m): scrambled seed, rejection loop included"
     max_mod = (1 << 31) - 1
+    seed_bits = 48
 
     def __init__(self) -> None:
         self.lcg = Affine(MULT, ADD, 1 << 48)

@@ -150,6 +150,7 @@ class AffineFamily(Family):
 class JavaLCG(AffineFamily):
     name = "java_lcg"
     description = "java.util.Random's 48-bit LCG, seed used as the raw state, output bits 16..47"
+    seed_bits = 48
     a, c, mod = 25214903917, 11, 1 << 48
 
     def init_int(self, seed: int) -> int:
@@ -188,6 +189,7 @@ class Minstd(AffineFamily):
 class Lcg32(AffineFamily):
     name = "lcg32"
     description = "x = (1103515245*x + 12345) mod 0x7FFFFFFF in 64-bit arithmetic, seed = u32"
+    seed_bits = 32
     a, c, mod = 1103515245, 12345, P31
 
     def init_int(self, seed: int) -> int:

@@ -80,6 +80,7 @@ def temper_np(y: np.ndarray) -> np.ndarray:
 class MT19937(Family):
     name = "mt19937"
     description = "std::mt19937, 32-bit seeding init_genrand(seed & 0xFFFFFFFF)"
+    seed_bits = 32
 
     def stream(self, seed: int, m: int) -> Iterator[int]:
         mt = init_state_int(seed)

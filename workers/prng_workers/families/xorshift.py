@@ -135,6 +135,7 @@ class Xorshift32(XorshiftFamily):
     name = "xorshift32"
     description = "Marsaglia xorshift32 (13, 17, 5), seed = u32 state"
     bits = 32
+    seed_bits = 32
 
     def step_int(self, x: int) -> int:
         x ^= (x << 13) & MASK32

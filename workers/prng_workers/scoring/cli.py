@@ -69,28 +69,23 @@ def _load_history(path: str, what: str) -> np.ndarray:
 
 
 def _check_family(cols: dict[str, np.ndarray], family: str, path: str) -> None:
-    if "family" not in cols:
-        raise InputError(f"{path}: survivors record no 'family' field (required)")
-    recorded = sorted({str(v) for v in np.asarray(cols["family"]).tolist()})
-    if recorded and recorded != [family]:
-        raise InputError(f"{path}: survivors are family {','.join(recorded)}, asked to score as {family!r}")
+    from prng_workers.contract import check_recorded_family
+
+    check_recorded_family(cols, {}, family, f"survivors {path}")  # the controller's check, same words
 
 
 def _check_mod(cols: dict[str, np.ndarray], m: int, path: str) -> None:
-    for key in ("m", "mod"):
-        if key in cols:
-            arr = np.asarray(cols[key])
-            if arr.dtype.kind in "iu" and arr.size and set(arr.tolist()) != {m}:
-                raise InputError(f"{path}: survivors were found with {key}={sorted(set(arr.tolist()))}, "
-                                 f"asked to score with --mod {m}")
+    from prng_workers.contract import check_recorded_mod
+
+    check_recorded_mod(cols, {}, m, f"survivors {path}")
 
 
 def _skips(cols: dict[str, np.ndarray], count: int, path: str) -> np.ndarray:
-    if "best_skip" not in cols:
+    from prng_workers.contract import check_best_skip
+
+    skip = check_best_skip(cols, f"survivors {path}")
+    if skip is None:
         return np.zeros(count, dtype=np.int64)  # spec: skip 0 unless the record gives best_skip
-    skip = np.asarray(cols["best_skip"])
-    if skip.dtype.kind not in "iu" or (skip.size and int(skip.min()) < 0):
-        raise InputError(f"{path}: best_skip must be integers >= 0")
     return skip.astype(np.int64)
 
 

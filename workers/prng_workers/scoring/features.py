@@ -30,10 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Version of the feature set below: bump it whenever a feature is added, removed, renamed or
+# computed differently, so that a run's identity (and its resume) sees the change.
+FEATURES_VERSION = 1
+
 MODS = (8, 125, 1000)
 N_LAGS = 10
 N_WINDOWS = 5
 WINDOW = 100
+# Shortest histories scoring accepts: the temporal windows are WINDOW draws each (spec:
+# "5 windows of 100 draws") and need them whole; the autocorrelation lags need N_LAGS + 1.
+MIN_TRAIN_DRAWS = max(WINDOW, N_LAGS + 1)
+MIN_HOLDOUT_DRAWS = 1
 KL_EPS = 1e-10
 CONFIDENCE_FLOOR = 0.1
 # Full value histograms (then folded per mod) only while [seeds, m] stays small.

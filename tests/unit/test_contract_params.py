@@ -1,0 +1,140 @@
+"""The run contract on the controller (plugins/plugin_utils/fanout/contract.py): parameters
+typed and range-checked, host variables against the cluster_host role's argument spec,
+settings, and the run identity that a resume must match (i30, i32, i33, i37)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "collections"))
+
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import contract  # noqa: E402
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.contract import ContractError  # noqa: E402
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import Settings  # noqa: E402
+
+DEMO = REPO / "demo"
+SCORE = {
+    "survivors": str(DEMO / "survivors.json"),
+    "train_history": str(DEMO / "train_history.json"),
+    "holdout_history": str(DEMO / "holdout_history.json"),
+    "family": "java_lcg",
+}
+
+
+def test_score_params_typed_from_strings_with_defaults() -> None:
+    out = contract.check_params("score", dict(SCORE, mod="997", chunk_size="250", timeout="60"))
+    assert out["mod"] == 997 and out["chunk_size"] == 250 and out["timeout"] == 60.0
+    assert contract.check_params("score", SCORE)["mod"] == 1000  # default
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("chunk_size", "-5", "chunk_size: expected a value >= 1, got -5"),
+        ("chunk_size", "0", "chunk_size: expected a value >= 1, got 0"),
+        ("chunk_size", "abc", "chunk_size: expected an integer, got 'abc'"),
+        ("chunk_size", "2.5", "chunk_size: expected an integer, got '2.5'"),
+        ("mod", "1", "mod: expected a value >= 2, got 1"),
+        ("timeout", "abc", "timeout: expected a number, got 'abc'"),
+        ("timeout", "0", "timeout: expected a value > 0, got 0.0"),
+        ("timeout", "nan", "timeout: expected a finite number, got 'nan'"),
+        ("survivors", "/nonexistent/s.json", "survivors: file not found: /nonexistent/s.json"),
+    ],
+)
+def test_i32_bad_score_parameters_are_refused_with_one_line(key: str, value: str, message: str) -> None:
+    with pytest.raises(ContractError) as err:
+        contract.check_params("score", dict(SCORE, **{key: value}))
+    assert str(err.value) == message
+
+
+def test_i32_unknown_and_missing_parameters() -> None:
+    with pytest.raises(ContractError, match=r"params: unknown globals_file for a score plan"):
+        contract.check_params("score", dict(SCORE, globals_file="x"))
+    missing = {k: v for k, v in SCORE.items() if k != "family"}
+    with pytest.raises(ContractError, match=r"^family: required for a score plan, not given$"):
+        contract.check_params("score", missing)
+
+
+def test_i32_sieve_ranges() -> None:
+    sieve = {"history": str(DEMO / "history.json"), "family": "java_lcg", "window": "32", "chunk_size": "100"}
+    ok = contract.check_params("sieve", dict(sieve, seed_start="0", seed_stop="1000"))
+    assert ok["seed_stop"] == 1000 and ok["direction"] == "forward"
+    with pytest.raises(ContractError, match=r"^seed_stop: expected a value > seed_start \(10\), got 5$"):
+        contract.check_params("sieve", dict(sieve, seed_start="10", seed_stop="5"))
+    with pytest.raises(ContractError, match=r"^skip_max: expected a value >= skip_min \(3\), got 1$"):
+        contract.check_params("sieve", dict(sieve, seed_start=0, seed_stop=9, skip_min=3, skip_max=1))
+    with pytest.raises(ContractError, match=r"^threshold: expected a value <= 1, got 1.5$"):
+        contract.check_params("sieve", dict(sieve, seed_start=0, seed_stop=9, threshold="1.5"))
+    with pytest.raises(ContractError, match=r"^direction: expected one of forward, reverse, got 'both'$"):
+        contract.check_params("sieve", dict(sieve, seed_start=0, seed_stop=9, direction="both"))
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "message"),
+    [
+        ({"gpu_count": "twelve"}, "host h: gpu_count: expected int, got 'twelve'"),
+        ({"max_concurrent_jobs": 0}, "host h: max_concurrent_jobs: expected a value in [1, 1024], got 0"),
+        ({"max_concurrent_jobs": -1}, "host h: max_concurrent_jobs: expected a value in [1, 1024], got -1"),
+        ({"gpu_type": "intel"}, "host h: gpu_type: expected one of cpu, cuda, rocm, got 'intel'"),
+        ({"memory_margin_pct": 120}, "host h: memory_margin_pct: expected a value in [0, 95], got 120.0"),
+        ({"start_stagger_seconds": "soon"}, "host h: start_stagger_seconds: expected float, got 'soon'"),
+    ],
+)
+def test_i32_bad_host_variables_are_refused_naming_host_and_variable(hostvars: dict, message: str) -> None:
+    with pytest.raises(ContractError) as err:
+        contract.check_host("h", hostvars)
+    assert str(err.value) == message
+
+
+def test_host_variables_defaults_come_from_the_role_spec() -> None:
+    out = contract.check_host("h", {"gpu_count": "2", "gpu_type": "cuda"})
+    assert out["gpu_count"] == 2 and out["max_concurrent_jobs"] == 1 and out["prng_home"] == "~/prng-cluster"
+
+
+def test_i37_role_defaults_match_the_spec_the_fanout_reads() -> None:
+    """One definition: the cluster_host role's defaults equal its argument spec's defaults,
+    which the fan-out applies to hosts whose inventory does not set a variable."""
+    spec = contract.host_spec()
+    defaults = yaml.safe_load((REPO / "roles" / "cluster_host" / "defaults" / "main.yml").read_text())
+    for key, option in spec.items():
+        if "default" in option:
+            assert str(defaults[key]) == str(option["default"]), key
+    assert not (REPO / "playbooks" / "group_vars").exists(), "playbook group_vars outrank the inventory (i37)"
+
+
+def test_settings_typed_and_checked() -> None:
+    assert contract.check_settings({"max_attempts": "5"}, Settings).max_attempts == 5
+    for raw, message in (
+        ({"max_attempts": 0}, "settings.max_attempts: expected a value >= 1, got 0"),
+        ({"transport": "carrier"}, "settings.transport: expected one of pool, slot, dispatch, got 'carrier'"),
+        ({"nope": 1}, "settings: unknown nope"),
+        ({"ema_alpha": 2}, "settings.ema_alpha: expected a value in (0, 1], got 2.0"),
+    ):
+        with pytest.raises(ContractError) as err:
+            contract.check_settings(raw, Settings)
+        assert str(err.value).startswith(message)
+
+
+def test_i30_identity_names_what_changed() -> None:
+    old = {
+        "plan": "score",
+        "params": {"mod": 1000, "family": "java_lcg"},
+        "inputs": {"survivors": "a" * 64},
+        "worker": {"code_sha256": "c" * 64},
+    }
+    new = {
+        "plan": "score",
+        "params": {"mod": 997, "family": "java_lcg"},
+        "inputs": {"survivors": "b" * 64},
+        "worker": {"code_sha256": "d" * 64},
+    }
+    changes = contract.identity_changes(old, new)
+    assert "mod 1000 -> 997" in changes
+    assert "input survivors changed (sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb)" in changes
+    assert "worker code_sha256 cccccccccccc -> dddddddddddd" in changes
+    assert contract.identity_changes(old, old) == []
