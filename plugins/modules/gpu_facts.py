@@ -65,16 +65,9 @@ options:
       - GPUs the inventory says the host has (C(gpu_count)). Fewer found is reported in
         RV(problems) as missing GPUs.
     type: int
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is nothing to compare.
-  facts:
-    support: full
-    description: The result is also returned as a fact (see RV(ansible_facts)).
+extends_documentation_fragment:
+  - prng.cluster.read_only
+  - prng.cluster.read_only.facts
 """
 
 EXAMPLES = r"""

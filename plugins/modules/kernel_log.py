@@ -35,13 +35,8 @@ options:
     description: Seconds a source may take.
     type: float
     default: 30
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is nothing to compare.
+extends_documentation_fragment:
+  - prng.cluster.read_only
 """
 
 EXAMPLES = r"""

@@ -43,16 +43,9 @@ options:
     description: The tmpfs whose size and use are reported.
     type: path
     default: /dev/shm
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is nothing to compare.
-  facts:
-    support: full
-    description: The result is also returned as a fact (see RV(ansible_facts)).
+extends_documentation_fragment:
+  - prng.cluster.read_only
+  - prng.cluster.read_only.facts
 notes:
   - Pages written to C(/dev/shm) are charged to the memory cgroup of the writer, so ramdisk
     copies reduce RV(available_mb) too.
