@@ -6,14 +6,28 @@ stderr, nothing written), 1 = unexpected failure (also one line).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 
 class InputError(ValueError):
     """Bad input (file, parameter, range). Message is one line, meant for the operator."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of every worker command: a usage error is bad input like any other, one
+    `error:` line and exit 2 through `run_cli` (not argparse's usage dump). Parse inside the
+    command given to `run_cli`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{self.prog}: {message} (see --help)")
 
 
 def run_cli(command: Callable[[], dict[str, Any]]) -> int:

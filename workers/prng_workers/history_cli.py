@@ -9,25 +9,18 @@ entries is replaced by a different random value (so the expected rate is exactly
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from prng_workers.atomic import atomic_write_json
-from prng_workers.errors import InputError
+from prng_workers.errors import CliParser, InputError, run_cli
 from prng_workers.families import FAMILY_NAMES, get_family
 from prng_workers.formats import parse_sessions
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
 
 
 def make_history(family: str, seed: int, count: int, *, skip: int = 0, offset: int = 0, m: int = 1000,
@@ -67,8 +60,8 @@ def make_history(family: str, seed: int, count: int, *, skip: int = 0, offset: i
     return history, intact
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="prng-make-history", description=__doc__.splitlines()[0])
+def run(argv: list[str] | None) -> dict[str, Any]:
+    p = CliParser(prog="prng-make-history", description=__doc__.splitlines()[0])
     p.add_argument("--family", required=True, help=f"one of {', '.join(FAMILY_NAMES)}")
     p.add_argument("--seed", type=lambda s: int(s, 0), required=True)
     p.add_argument("--count", type=int, required=True, help="number of history entries")
@@ -83,38 +76,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-out", help="optional train_history.json (first --train-fraction of draws)")
     p.add_argument("--holdout-out", help="optional holdout_history.json (the rest)")
     p.add_argument("--train-fraction", type=float, default=0.8)
+    args = p.parse_args(argv)
+    if not 0.0 < args.train_fraction < 1.0:
+        raise InputError(f"--train-fraction must be in (0, 1), got {args.train_fraction}")
+    if args.seed < 0 or args.seed >= 1 << 64:
+        raise InputError("seed must be in [0, 2^64)")
+    history, intact = make_history(args.family, args.seed, args.count, skip=args.skip, offset=args.offset,
+                                   m=args.mod, noise=args.noise, noise_seed=args.noise_seed,
+                                   sessions=args.sessions, start_date=args.start_date)
+    for path in (args.out, args.train_out, args.holdout_out):  # check all before writing any
+        if path:
+            parent = Path(path).parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK):
+                raise InputError(f"cannot write output {path}: folder missing or not writable")
+    draws = [h["draw"] for h in history]
+    cut = int(len(draws) * args.train_fraction)
     try:
-        args = p.parse_args(argv)
-        if not 0.0 < args.train_fraction < 1.0:
-            raise InputError(f"--train-fraction must be in (0, 1), got {args.train_fraction}")
-        if args.seed < 0 or args.seed >= 1 << 64:
-            raise InputError("seed must be in [0, 2^64)")
-        history, intact = make_history(args.family, args.seed, args.count, skip=args.skip, offset=args.offset,
-                                       m=args.mod, noise=args.noise, noise_seed=args.noise_seed,
-                                       sessions=args.sessions, start_date=args.start_date)
-        for path in (args.out, args.train_out, args.holdout_out):  # check all before writing any
+        outputs = ((args.train_out, draws[:cut]), (args.holdout_out, draws[cut:]), (args.out, history))
+        for path, obj in outputs:
             if path:
-                parent = Path(path).parent
-                if not parent.is_dir() or not os.access(parent, os.W_OK):
-                    raise InputError(f"cannot write output {path}: folder missing or not writable")
-        draws = [h["draw"] for h in history]
-        cut = int(len(draws) * args.train_fraction)
-        try:
-            for path, obj in ((args.train_out, draws[:cut]), (args.holdout_out, draws[cut:]),
-                              (args.out, history)):
-                if path:
-                    atomic_write_json(path, obj)
-        except OSError as exc:
-            raise InputError(f"cannot write output: {exc}") from None
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": args.out, "count": len(history), "family": args.family, "seed": args.seed,
-                      "skip": args.skip, "offset": args.offset, "mod": args.mod,
-                      "planted_intact": int(intact.sum()), "planted": len(history) - args.offset,
-                      "train": cut if args.train_out else None,
-                      "holdout": len(draws) - cut if args.holdout_out else None}))
-    return 0
+                atomic_write_json(path, obj)
+    except OSError as exc:
+        raise InputError(f"cannot write output: {exc}") from None
+    return {"out": args.out, "count": len(history), "family": args.family, "seed": args.seed,
+            "skip": args.skip, "offset": args.offset, "mod": args.mod,
+            "planted_intact": int(intact.sum()), "planted": len(history) - args.offset,
+            "train": cut if args.train_out else None,
+            "holdout": len(draws) - cut if args.holdout_out else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(argv))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError, run_cli
+from prng_workers.errors import CliParser, InputError, run_cli
 from prng_workers.formats import write_survivors
 from prng_workers.scoring import output
 
@@ -198,8 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="prng-score-aggregate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="prng-score-aggregate", description=__doc__)
     ap.add_argument("chunks", nargs="*", help="scored chunk outputs (.json / .npz)")
     ap.add_argument("--chunk-list", help="file with one chunk output path per line")
     ap.add_argument("--survivors", required=True, help="the input survivors (expected seeds)")
@@ -216,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: run(args))
+    return run_cli(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

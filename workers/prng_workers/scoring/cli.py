@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError, run_cli
+from prng_workers.errors import CliParser, InputError, run_cli
 from prng_workers.scoring import engine, output
 
 OUT_SUFFIXES = (".json", ".npz")
@@ -31,8 +31,7 @@ def peak_rss_mb() -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prng-score", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="prng-score", description=__doc__)
     p.add_argument("--survivors", required=True, help="survivors chunk: JSON list or NPZ (+ sidecar)")
     p.add_argument("--start", type=int, default=None, help="first survivor index of the slice")
     p.add_argument("--stop", type=int, default=None, help="end (exclusive) of the slice")
@@ -185,8 +184,7 @@ def write_scored(path: Path, cols: dict[str, np.ndarray], meta: dict[str, Any]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(lambda: run(args))
+    return run_cli(lambda: run(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

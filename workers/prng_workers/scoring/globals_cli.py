@@ -12,7 +12,6 @@ and `entropy_<mod>_norm` (divided by log2(mod)); frequency bias of the values mo
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError
+from prng_workers.errors import CliParser, InputError, run_cli
 from prng_workers.scoring.features import MODS
 
 VERSION = 1
@@ -76,35 +75,33 @@ def load_globals(path: str) -> dict[str, Any]:
     return doc
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None) -> dict[str, Any]:
     from prng_workers.atomic import atomic_write_json
     from prng_workers.scoring.cli import _load_history
 
-    ap = argparse.ArgumentParser(prog="prng-score-globals", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="prng-score-globals", description=__doc__)
     ap.add_argument("--train-history", required=True)
     ap.add_argument("--holdout-history", default=None)
     ap.add_argument("--mod", type=int, default=1000)
     ap.add_argument("--out", required=True, help="globals JSON file")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.mod < 2:
+        raise InputError(f"--mod must be >= 2, got {args.mod}")
+    train = _load_history(args.train_history, "train history")
+    holdout = _load_history(args.holdout_history, "holdout history") if args.holdout_history else None
+    doc = compute_globals(train, holdout, args.mod)
     try:
-        if args.mod < 2:
-            raise InputError(f"--mod must be >= 2, got {args.mod}")
-        train = _load_history(args.train_history, "train history")
-        holdout = _load_history(args.holdout_history, "holdout history") if args.holdout_history else None
-        doc = compute_globals(train, holdout, args.mod)
-        try:
-            atomic_write_json(args.out, doc, indent=1)
-        except OSError as exc:
-            raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": args.out, "n_train": int(train.size),
-                      "n_holdout": None if holdout is None else int(holdout.size),
-                      "seconds": round(time.perf_counter() - t0, 4)}))
-    return 0
+        atomic_write_json(args.out, doc, indent=1)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    return {"out": args.out, "n_train": int(train.size),
+            "n_holdout": None if holdout is None else int(holdout.size),
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(argv))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from prng_workers.errors import InputError, run_cli
+from prng_workers.errors import CliParser, InputError, run_cli
 
 MODEL_VERSION = 1
 DEFAULT_CHUNKS = (250, 1000, 4000)
@@ -211,8 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="prng-memory-model", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="prng-memory-model", description=__doc__)
     ap.add_argument("--chunk-sizes", default=",".join(map(str, DEFAULT_CHUNKS)))
     ap.add_argument("--train-lengths", default=",".join(map(str, DEFAULT_TRAIN_LENGTHS)))
     ap.add_argument("--holdout-ratio", type=float, default=0.25,
@@ -230,9 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(raw)
-    args.argv = raw
-    return run_cli(lambda: run(args))
+
+    def command() -> dict:
+        args = build_parser().parse_args(raw)
+        args.argv = raw
+        return run(args)
+
+    return run_cli(command)
 
 
 if __name__ == "__main__":
