@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(tomllib.loads((REPO / "workers" / "pyproject.toml").read_text())["project"]["scripts"])
