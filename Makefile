@@ -1,4 +1,4 @@
-# Two commands (see README): `make demo` runs Step 3 on the embedded local inventory,
+# Two commands (see README): `make demo` runs the pipeline (Step 1 -> Step 3) on the embedded local inventory,
 # `make test` runs every quality gate. Both set up what they need first.
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +14,7 @@ $(STAMP): requirements.txt workers/pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" ansible-playbook playbooks/step3.yml
+	PATH="$(CURDIR)/$(BIN):$$PATH" ansible-playbook playbooks/pipeline.yml
 
 system-deps:
 	scripts/install-system-deps.sh

@@ -4,8 +4,10 @@ test cluster, see docs/testcluster.md):
 
   (a) prng.cluster.fanout on the test cluster (slots 2 + 3 + 1) for jobs of mixed length
       (5-25 s of sleep each by default): wall time, scheduling efficiency = busy slot-seconds /
-      (slots x wall), dispatch overhead per job; with the default transport (one
-      ansible-runner run for all slots, `pool`) and with one run per batch (`dispatch`);
+      (slots x wall), dispatch overhead per job (one ansible-runner play for all hosts, one
+      task and one SSH session per host; the `pool` and `dispatch` transports measured in
+      docs/benchmarks.md before 2026-12 are gone: bench/bench_fanout_scale.py --baseline
+      runs an older checkout side by side);
   (b) the same jobs by a plain ssh loop the way the old coordinator did it: jobs dealt
       round-robin to the slots up front, each slot runs its list over ssh (persistent
       ControlMaster connection) and pulls each output with scp;
@@ -61,22 +63,22 @@ def jobs_file(jobs: list[dict[str, Any]], path: Path) -> None:
     path.write_text(json.dumps({"jobs": spec}))
 
 
-def run_fanout(c: Cluster, jobs: Path, run_dir: Path, transport: str) -> dict[str, Any]:
+def run_fanout(c: Cluster, jobs: Path, run_dir: Path) -> dict[str, Any]:
     t0 = time.time()
     proc = c.playbook("playbooks/run_jobs.yml", timeout=1200, extra_vars={
         "jobs_file": str(jobs), "run_dir": str(run_dir),
-        "fanout_settings": {"transport": transport, "progress_interval": 30}})
+        "fanout_settings": {"progress_interval": 30}})
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"fan-out run failed:\n{proc.stdout[-3000:]}")
     m = json.loads((run_dir / "fanout_manifest.json").read_text())
     t = m["timings"]
-    return {"transport": transport, "playbook_wall_s": round(wall, 1), "fanout_wall_s": t["wall_s"],
+    return {"playbook_wall_s": round(wall, 1), "fanout_wall_s": t["wall_s"],
             "slots": t["slots"], "busy_slot_s": t["busy_slot_s"],
             "scheduling_efficiency": t["scheduling_efficiency"], "dispatches": t["dispatches"],
             "dispatch_overhead_per_job_s": t["dispatch_overhead_per_job_s"],
-            "slot_sessions_started": t.get("slot_sessions_started"),
-            "session_start_s_mean": t.get("session_start_s_mean"),
+            "agents_started": t.get("agents_started"),
+            "agent_start_s_mean": t.get("agent_start_s_mean"),
             "jobs_per_host": {h: v["jobs_done"] for h, v in m["hosts"].items()},
             "complete": m["complete"]}
 
@@ -149,7 +151,6 @@ def main() -> int:
     ap.add_argument("--min-seeds", type=int, default=20, help="shortest job in seeds (x 0.25 s)")
     ap.add_argument("--max-seeds", type=int, default=100, help="longest job in seeds (x 0.25 s)")
     ap.add_argument("--skip-demo", action="store_true")
-    ap.add_argument("--transports", default="pool,dispatch", help="pool, slot and/or dispatch")
     a = ap.parse_args()
     jobs = make_jobs(a.jobs, a.seed, a.min_seeds, a.max_seeds)
     result: dict[str, Any] = {
@@ -163,8 +164,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmpdir, Cluster(hosts) as c:
         tmp = Path(tmpdir)
         jobs_file(jobs, tmp / "jobs.json")
-        result["fanout"] = [run_fanout(c, tmp / "jobs.json", tmp / f"run-{t}", t)
-                            for t in a.transports.split(",") if t]
+        result["fanout"] = run_fanout(c, tmp / "jobs.json", tmp / "run")
         result["ssh_loop"] = run_ssh_loop(c, jobs, {"a": 2, "b": 3, "c": 1}, tmp / "sshloop")
         if not a.skip_demo:
             result["demo_step3"] = run_demo(tmp)

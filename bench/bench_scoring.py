@@ -10,6 +10,10 @@ time) runs in this process on --ref-seeds seeds only and is extrapolated per see
 output says so. Figures go into docs/benchmarks.md (## Step 3 scoring).
 
     .venv/bin/python bench/bench_scoring.py [--chunk 1000] [--train 14450] [--ref-seeds 5]
+
+Before/after on the CPU (`--before REV --no-torch --repeats N`): the NumPy worker also runs with
+scoring/features.py of git revision REV in a copy of the work tree's package (everything else
+unchanged), alternating before, after, before, after; medians and their ratio are reported.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +48,38 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _before_tree(rev: str, dest: Path) -> Path:
+    """The work tree's worker package with scoring/features.py taken from git revision `rev`."""
+    root = Path(__file__).resolve().parent.parent
+    pkg = dest / "prng_workers"
+    shutil.copytree(root / "workers" / "prng_workers", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = f"{rev}:workers/prng_workers/scoring/features.py"
+    old = subprocess.run(["git", "-C", str(root), "show", spec], check=True, capture_output=True).stdout
+    (pkg / "scoring" / "features.py").write_bytes(old)
+    return dest
+
+
+def _before_after(args: argparse.Namespace, d: Path) -> dict:
+    """NumPy worker runs, before (features.py of --before) and after (the work tree), interleaved."""
+    before_env = dict(os.environ, PYTHONPATH=str(_before_tree(args.before, d / "before")))
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(max(1, args.repeats)):
+        for side, env in (("before", before_env), ("after", None)):
+            argv = worker_argv(d / "surv.npz", d / "train.json", d / "holdout.json", args.chunk, args.family,
+                               "numpy", None, d / f"out-{side}.{args.out_format}")
+            r = measure_once(argv, env)
+            runs[side].append({"seeds_per_s": r["summary"]["seeds_per_s"], "seconds": r["summary"]["seconds"],
+                               "process_wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
+                               "device": r["summary"]["device"], "batch_seeds": r["summary"]["batch_seeds"],
+                               "seeds_per_s_incl_startup": round(args.chunk / r["wall_s"], 2)})
+            print(json.dumps({"side": side, **runs[side][-1]}), flush=True)
+    med = {k: statistics.median(x["seeds_per_s"] for x in v) for k, v in runs.items()}
+    rss = {k: max(x["peak_rss_mb"] for x in v) for k, v in runs.items()}
+    return {"rev": args.before, "runs": runs, "median_seeds_per_s": med, "max_peak_rss_mb": rss,
+            "ratio_after_over_before": med["after"] / med["before"],
+            "after_best": max(runs["after"], key=lambda x: x["seeds_per_s"])}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunk", type=int, default=1000)
@@ -50,8 +88,12 @@ def main() -> int:
     ap.add_argument("--family", default="java_lcg")
     ap.add_argument("--ref-seeds", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy worker (large GPU chunks)")
     ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
     ap.add_argument("--repeats", type=int, default=1, help="worker runs per backend (best is reported)")
+    ap.add_argument("--out-format", choices=("json", "npz"), default="json", help="the worker's output file")
+    ap.add_argument("--before", metavar="REV",
+                    help="also run the NumPy worker with scoring/features.py of this revision, interleaved")
     args = ap.parse_args()
 
     rng = np.random.default_rng(2026)
@@ -72,13 +114,15 @@ def main() -> int:
         skips = rng.integers(0, 4, args.chunk)
         write_survivors(d / "surv.npz", {"seeds": seeds, "best_skip": skips}, params={"family": args.family})
 
-        backends = ["numpy"] + ([] if args.no_torch else ["torch"])
+        if args.before and not args.no_numpy:
+            results["numpy_before_after"] = _before_after(args, d)
+        backends = ([] if args.no_numpy or args.before else ["numpy"]) + ([] if args.no_torch else ["torch"])
         for backend in backends:
             best = None
             for _ in range(args.repeats):
                 argv = worker_argv(d / "surv.npz", d / "train.json", d / "holdout.json", args.chunk,
                                    args.family, backend, args.device if backend == "torch" else None,
-                                   d / "out.json")
+                                   d / f"out.{args.out_format}")
                 r = measure_once(argv)
                 if best is None or r["summary"]["seeds_per_s"] > best["summary"]["seeds_per_s"]:
                     best = r
@@ -97,8 +141,11 @@ def main() -> int:
         results["reference"] = {"seeds_per_s": round(1.0 / per_seed, 3),
                                 "seconds_per_seed": round(per_seed, 4), "measured_seeds": args.ref_seeds,
                                 "extrapolated_chunk_seconds": round(per_seed * args.chunk, 1)}
-    np_rate = results["numpy"]["seeds_per_s"]  # type: ignore[index]
-    results["numpy_vs_reference"] = round(np_rate / results["reference"]["seeds_per_s"], 1)  # type: ignore[index]
+    if "numpy_before_after" in results:
+        results["numpy"] = results["numpy_before_after"]["after_best"]  # type: ignore[index]
+    if "numpy" in results:
+        np_rate = results["numpy"]["seeds_per_s"]  # type: ignore[index]
+        results["numpy_vs_reference"] = round(np_rate / results["reference"]["seeds_per_s"], 1)  # type: ignore[index]
     results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     results["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(json.dumps(results, indent=1))

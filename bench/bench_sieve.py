@@ -9,6 +9,10 @@ Each case runs once untimed (compile / cache load), then timed with `time.perf_c
 (wall) and `time.process_time` (CPU seconds of all threads). Prints one JSON line per case
 and a Markdown table for docs/benchmarks.md. A backend that cannot run here (no GPU) is
 reported as skipped with the reason, never estimated.
+
+Before/after of the cpu backend (`--before REV --rounds N`): the same cases run in child
+processes, alternately with backends/cpu.py of git revision REV in a copy of the work tree's
+package (everything else unchanged) and with the work tree, N rounds; medians and the ratio.
 """
 
 from __future__ import annotations
@@ -51,22 +55,84 @@ def timed(job: SieveJob, backend: str) -> tuple[float, float, int]:
     return time.perf_counter() - w0, time.process_time() - c0, res.survivors
 
 
+def before_after(args: argparse.Namespace) -> int:
+    """Alternate child runs of this script: cpu.py of --before REV, then the work tree."""
+    import shutil
+    import statistics
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    base = [sys.executable, str(Path(__file__).resolve()), "--backends", "cpu", "--families", *args.families,
+            "--scale", str(args.scale), "--window", str(args.window), "--skip-max", str(args.skip_max)]
+    rows: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory(prefix="bench-sieve-") as tmp:
+        pkg = Path(tmp) / "prng_workers"
+        shutil.copytree(root / "workers" / "prng_workers", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        spec = f"{args.before}:workers/prng_workers/backends/cpu.py"
+        old = subprocess.run(["git", "-C", str(root), "show", spec], check=True, capture_output=True).stdout
+        (pkg / "backends" / "cpu.py").write_bytes(old)
+        envs = {"before": dict(os.environ, PYTHONPATH=tmp, NUMBA_CACHE_DIR=str(Path(tmp) / "nc")),
+                "after": dict(os.environ)}
+        load0 = os.getloadavg()
+        for r in range(args.rounds):
+            for side in ("before", "after"):
+                out = Path(tmp) / f"{side}-{r}.json"
+                subprocess.run([*base, "--json-out", str(out)], env=envs[side], check=True,
+                               stdout=subprocess.DEVNULL)
+                for row in json.loads(out.read_text())["rows"]:
+                    rows[side].append(row | {"round": r})
+                    print(json.dumps({"side": side, **row, "round": r}), flush=True)
+    print(f"\nloadavg before {load0}, after {os.getloadavg()}")
+    print("\n| family | case | before draw-tests/CPU-s | after draw-tests/CPU-s | after/before (CPU-s) "
+          "| after/before (wall) |\n|---|---|---|---|---|---|")
+    for fam, case in dict.fromkeys((x["family"], x["case"]) for x in rows["after"]):
+        sel = {side: [x for x in rows[side] if (x["family"], x["case"]) == (fam, case)] for side in rows}
+        med = {side: {key: statistics.median(x[key] for x in sel[side])
+                      for key in ("draw_tests_per_cpu_s", "draw_tests_per_s")} for side in rows}
+        b, a = med["before"], med["after"]
+        print(f"| {fam} | {case} | {b['draw_tests_per_cpu_s']:.3g} | {a['draw_tests_per_cpu_s']:.3g} | "
+              f"{a['draw_tests_per_cpu_s'] / b['draw_tests_per_cpu_s']:.2f} | "
+              f"{a['draw_tests_per_s'] / b['draw_tests_per_s']:.2f} |")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--families", nargs="+", default=["java_lcg", "mt19937", "minstd"])
+    ap.add_argument("--families", nargs="+", default=["java_lcg", "mt19937", "minstd"],
+                    help="any of prng_workers.families.FAMILY_NAMES")
     ap.add_argument("--backends", nargs="+", default=["numpy", "cpu", "gpu"])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the seed counts")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--skip-max", type=int, default=20)
     ap.add_argument("--json-out")
+    ap.add_argument("--cpu-variant", choices=("fast", "portable", "512", "512+ifma"), default="fast",
+                    help="the cpu backend's explicit-SIMD kernel code (default: the fastest on this CPU)")
+    ap.add_argument("--before", metavar="REV", help="before/after: backends/cpu.py of REV vs the work tree")
+    ap.add_argument("--rounds", type=int, default=2, help="before/after rounds (A, B, A, B, ...)")
     args = ap.parse_args()
+    if args.before:
+        return before_after(args)
+    if args.cpu_variant != "fast":
+        from prng_workers.backends import cpu
+
+        variants = {"portable": cpu.VARIANT_PORTABLE, "512": cpu.WIDE, "512+ifma": cpu.WIDE | cpu.IFMA}
+        want = variants[args.cpu_variant]
+        if want not in cpu.variants():
+            raise SystemExit(f"--cpu-variant {args.cpu_variant}: this CPU runs only {cpu.variants()}")
+        cpu.FAST["affine"] = want  # what run_sieve's cpu backend uses
+        cpu.FAST["mt19937"] = want & cpu.WIDE
 
     import numba
 
     env = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
            "cpu": cpu_model(), "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
            "numpy": np.__version__, "numba": numba.__version__, "python": platform.python_version(),
-           "loadavg_start": os.getloadavg(), "gpu": gpu_backend.unavailable_reason() or "available"}
+           "loadavg_start": os.getloadavg(), "gpu": gpu_backend.unavailable_reason() or "available",
+           "cpu_variant": args.cpu_variant}
     print(json.dumps({"env": env}), flush=True)
     rng = np.random.default_rng(1)
     r = rng.integers(0, 1000, args.window)
@@ -92,6 +158,10 @@ def main() -> int:
                             "wall_s": round(wall, 4), "cpu_s": round(cpu_s, 4), "seeds_per_s": n / wall,
                             "draw_tests_per_s": tests / wall,
                             "draw_tests_per_cpu_s": tests / max(cpu_s, 1e-9)}
+                    if backend == "gpu":  # device-to-host bytes: a counter + 12 B per survivor, per chunk
+                        chunks = -(-n // gpu_backend.GpuSieve.chunk)
+                        row |= {"d2h_bytes": 4 * chunks + 4 * gpu_backend.RECORD_WORDS * surv,
+                                "d2h_bytes_per_seed_array": 8 * n}  # what per-seed best_cnt/best_skip was
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     env["loadavg_end"] = os.getloadavg()

@@ -16,12 +16,7 @@ from ansible.utils.display import Display
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import contract
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import manifest as manifest_mod
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.contract import ContractError
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.dispatcher import (
-    PoolDispatcher,
-    RunnerDispatcher,
-    SlotDispatcher,
-    runner_envvars,
-)
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.health import apply_health
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import (
     Journal,
     ResumeRefused,
@@ -31,14 +26,19 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (
     HostSpec,
     PlanError,
-    load_memory_model,
+    host_memory_model,
+    load_throughput,
     make_plan,
     model_backend,
     pick_chunk_size,
+    plan_preview,
     predict_peak_mb,
     slots_for,
+    stored_rate,
 )
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.runner import runner_envvars
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import FanOut, Settings
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.transport import HostLinks
 
 display = Display()
 
@@ -147,7 +147,28 @@ class ActionModule(ActionBase):
                 )
             resume = header.get("run_id")
         found = contract.check_inputs(kind, params)  # after the resume check: a changed run is named first
-        return Run(kind, params, settings, run_dir, list(names), plan, inputs, ident, found, fresh, resume)
+        if kind == "list":  # the jobs file is read whole here, before anything starts
+            found = {"jobs": len(plan.make_jobs()), "notes": list(plan.notes)}
+        if kind == "score" and not self._task.check_mode:  # validated JSON -> one NPZ for the hosts
+            try:
+                converted = plan.convert_survivors(_npz_cache())
+            except OSError as exc:
+                raise ContractError(f"survivors: cannot convert to NPZ: {exc}") from None
+            if converted:
+                found = dict(found, survivors_npz=converted)
+        run = Run(kind, params, settings, run_dir, list(names), plan, inputs, ident, found, fresh, resume)
+        if self._task.check_mode and not args.get("validate_only"):
+            run.planned = self._plan(run, task_vars, args)
+        return run
+
+    def _plan(self, run: Run, task_vars: Any, args: Any) -> Dict[str, Any]:
+        """The plan preview of --check: the run's jobs, slots and ETA, nothing started."""
+        try:
+            hosts, left_out = self._eligible(run, task_vars.get("hostvars", {}), args)
+        except ContractError as exc:
+            return {"hosts": {}, "eta": "no host can run this step", "reason": str(exc)}
+        self._size(run.plan, run.params, hosts)
+        return plan_preview(run.plan, run.params, hosts, left_out, load_throughput(throughput_path()))
 
     @staticmethod
     def _lock(run_dir: str, wait: float = 90.0) -> Any:
@@ -171,6 +192,7 @@ class ActionModule(ActionBase):
         try:
             hosts, left_out = self._eligible(run, task_vars["hostvars"], args)
             self._size(plan, params, hosts)
+            hosts = self._fitting(hosts, left_out)
             journal = Journal(run_dir)
             if journal.exists() and run.fresh:
                 aside = "{}.prev-{}".format(run_dir, journal.header().get("run_id", int(time.time())))
@@ -209,8 +231,8 @@ class ActionModule(ActionBase):
         from ansible import constants as C
         from ansible.utils.collection_loader import AnsibleCollectionConfig
 
-        kinds = {"pool": PoolDispatcher, "slot": SlotDispatcher, "dispatch": RunnerDispatcher}
-        dispatcher = kinds[settings.transport](
+        # One play for all hosts, one task and one SSH session per host (transport.py).
+        links = HostLinks(
             run_dir,
             header["run_id"],
             list(task_vars.get("ansible_inventory_sources") or []),
@@ -222,21 +244,24 @@ class ActionModule(ActionBase):
             hosts,
             jobs,
             journal,
-            dispatcher.run,
+            links.send,
             settings,
             display.display,
-            cancel=dispatcher.cancel,
-            cleanup=dispatcher.cleanup,
+            cancel=links.cancel,
+            cleanup=links.cleanup,
         )
+        stored = load_throughput(throughput_path())
+        for host in hosts:  # the last runs' measured rate sizes the first batches (gpu_optimizer.py)
+            fan.hosts[host.name].rate = stored_rate(stored, plan.kind, host)[0]
         session_started = time.time()
         try:
-            if isinstance(dispatcher, PoolDispatcher) and any(j.state == "queued" for j in jobs.values()):
-                dispatcher.start_pool(hosts)
+            if any(j.state == "queued" for j in jobs.values()):
+                links.start(hosts)
             fan.run()
             now = time.time()
-            dispatcher.finish([h.spec for h in fan.hosts.values() if h.live(now)])
+            links.finish([h.spec for h in fan.hosts.values() if h.live(now)])  # one cleanup per host
         finally:
-            dispatcher.close()
+            links.close()
             manifest = manifest_mod.build(header, fan, session_started)
             manifest["left_out"] = left_out
             path = manifest_mod.write(run_dir, manifest)
@@ -266,7 +291,7 @@ class ActionModule(ActionBase):
         the others, with the reason they are left out (i29). A job never runs where the
         step's inputs are not present and verified."""
         step = str(args.get("require_preflight") or "")
-        needed = sorted({os.path.basename(p) for p in run.plan.inputs().values() if p})
+        needed = sorted({os.path.basename(p) for p in run.plan.host_inputs().values() if p})
         uses_inputs = run.kind != "list"
         hosts: List[HostSpec] = []
         left_out: Dict[str, str] = {}
@@ -290,6 +315,10 @@ class ActionModule(ActionBase):
                 left_out[name] = "no verified input folder (the step's ramdisk preload did not run there)"
                 continue
             spec = self.host_spec(name, hv, input_dir)
+            unhealthy = apply_health(spec, hv, required=bool(step))
+            if unhealthy:
+                left_out[name] = unhealthy
+                continue
             run.plan.adapt_host(spec)
             hosts.append(spec)
         if not hosts:
@@ -297,6 +326,20 @@ class ActionModule(ActionBase):
                 "no host can run this step: " + "; ".join(f"{n}: {r}" for n, r in left_out.items())
             )
         return hosts, left_out
+
+    @staticmethod
+    def _fitting(hosts: List[HostSpec], left_out: Dict[str, str]) -> List[HostSpec]:
+        """A host where no worker fits (memory, or no usable GPU) gets no slot: it is left
+        out with the reason, never given one slot anyway."""
+        for host in hosts:
+            if not host.slots:
+                left_out[host.name] = host.slot_reason
+        fitting = [h for h in hosts if h.slots]
+        if not fitting:
+            raise ContractError(
+                "no host can run this step: " + "; ".join(f"{n}: {r}" for n, r in left_out.items())
+            )
+        return fitting
 
     @staticmethod
     def _resume(run_dir: str, journal: Journal, jobs: Dict[str, Any]) -> None:
@@ -331,20 +374,37 @@ class ActionModule(ActionBase):
             for host in hosts:
                 slots_for(host, 0.0)
             return
-        model = load_memory_model(params.get("memory_model"))
+        # each host's own measured model when there is one (playbooks/measure_memory.yml)
+        models = {h.name: host_memory_model(params.get("memory_model"), h) for h in hosts}
         n_draws = plan.n_draws()
         wanted = int(params["chunk_size"])
-        params["chunk_size"] = pick_chunk_size(hosts, model, None, wanted, n_draws)
+        chunk = wanted
+        for host in hosts:
+            chunk = min(chunk, pick_chunk_size([host], models[host.name][0], None, wanted, n_draws))
+        params["chunk_size"] = chunk
         if params["chunk_size"] != wanted:
             display.display(
                 f"fan-out: chunk_size {wanted} -> {params['chunk_size']} so every slot fits in memory"
             )
         worker_mb = {}
         for host in hosts:
+            model, source = models[host.name]
             mb = predict_peak_mb(model, model_backend(host), params["chunk_size"], n_draws)
             worker_mb[host.name] = round(mb, 1)
             slots_for(host, mb)
+            host.slot_reason += f" memory model: {source}"
         params["worker_mb"] = worker_mb
+
+
+def throughput_path() -> str:
+    """The stored throughput (data/throughput.json next to the memory model; PRNG_THROUGHPUT overrides)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.environ.get("PRNG_THROUGHPUT") or os.path.join(here, "..", "..", "data", "throughput.json")
+
+
+def _npz_cache() -> str:
+    """Where JSON survivors are converted to NPZ, once per content (PRNG_NPZ_CACHE overrides)."""
+    return os.environ.get("PRNG_NPZ_CACHE") or os.path.expanduser("~/.cache/prng-cluster/npz")
 
 
 def _available_mb(name: str, value: Any) -> float | None:
@@ -392,11 +452,12 @@ class Run:
     found: Dict[str, Any]
     fresh: bool
     resume: str | None
+    planned: Dict[str, Any] | None = None  # --check: the plan preview
 
     def preview(self) -> Dict[str, Any]:
         """What validate_only and check mode return: the checked contract, no job run."""
         files = []
-        for path in sorted(p for p in self.plan.inputs().values() if p):
+        for path in sorted(p for p in self.plan.host_inputs().values() if p):
             files.append(path)
             if os.path.isfile(path + ".meta.json"):  # an NPZ travels with its sidecar
                 files.append(path + ".meta.json")
@@ -406,6 +467,7 @@ class Run:
             "inputs": self.inputs,
             "identity": self.identity,
             "checked": self.found,
+            "plan": self.planned,
             "run_dir": self.run_dir,
             "resume": self.resume,
             "msg": (

@@ -1,7 +1,9 @@
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Controller side of prng.cluster.ramdisk: hash the sources (cached by size and mtime),
-ask the host what it lacks, send only that, once, then let the host verify and commit."""
+ask the host what it lacks, send only that, once, then let the host verify and commit.
+While another preload of the same step runs on the host, wait for it (its claim), or take
+it over when its process on this controller is gone."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 import time
 import uuid
 
@@ -21,6 +24,36 @@ display = Display()
 
 HASH_CHUNK = 4 * 1024 * 1024
 CACHE_VERSION = 1
+
+
+def _size_text(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of a process (with the pid it names one process), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_id() -> str:
+    """This controller process, as a claim records it: host:pid:start time."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()) or ''}"
+
+
+def holder_gone(holder: str) -> bool:
+    """True when a claim's process ran on this controller and no longer runs."""
+    host, _sep, rest = str(holder or "").partition(":")
+    pid, _sep, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _start_time(int(pid)) != (start or None)
 
 
 def _cache_dir() -> str:
@@ -86,6 +119,10 @@ class ActionModule(ActionBase):
             "warn_percent",
             "max_percent",
             "verify",
+            "run_id",
+            "lease_seconds",
+            "lock_timeout",
+            "clear_unused",
         )
     )
 
@@ -131,6 +168,8 @@ class ActionModule(ActionBase):
             return result
         if files:
             args["_manifest"] = manifest
+        # who holds a lease (a person reads it) or a claim (holder_gone reads it)
+        args["_holder"] = holder_id() if state == "preload" else f"{socket.gethostname()} pid {os.getppid()}"
         if state != "preload":
             result.update(self._execute_module(module_args=args, task_vars=task_vars))
             return result
@@ -141,9 +180,34 @@ class ActionModule(ActionBase):
         self, result: dict, args: dict, paths: list[str], manifest: list[dict], task_vars, timing: dict
     ) -> dict:
         t0 = time.monotonic()
-        prep = self._execute_module(module_args=dict(args, _phase="prepare"), task_vars=task_vars)
+        args["_load_id"] = uuid.uuid4().hex
+        wait = float(args.get("lock_timeout") or 900)
+        while True:
+            prep = self._execute_module(module_args=dict(args, _phase="prepare"), task_vars=task_vars)
+            busy = prep.get("busy")
+            if not busy or prep.get("failed"):
+                break
+            if holder_gone(busy.get("holder", "")):
+                args["_break_claim"] = busy["id"]  # its process died mid-load (i12): take over
+                continue
+            if time.monotonic() - t0 > wait:
+                result.update(
+                    failed=True,
+                    changed=False,
+                    msg=f"ramdisk preload of step {args.get('step')}: another preload of it is still running "
+                    f"there (holder {busy.get('holder')}, run {busy.get('run_id') or '-'}, started "
+                    f"{busy.get('started')}); waited {wait:g} s (lock_timeout). Run again when it is done",
+                )
+                return result
+            time.sleep(1.0)
         timing["prepare_s"] = round(time.monotonic() - t0, 3)
         result.update(prep, timing=timing)
+        if prep.get("complete"):
+            result["summary"] = f"step {args.get('step')} already loaded and verified: nothing sent"
+        elif self._task.check_mode and not prep.get("failed"):
+            result["summary"] = "would send {} ({}) (check mode)".format(
+                ", ".join(prep.get("needed", [])) or "nothing", _size_text(prep.get("copy_bytes", 0))
+            )
         if prep.get("failed") or prep.get("complete") or self._task.check_mode:
             return result
         by_name = dict(zip([m["name"] for m in manifest], paths, strict=True))
@@ -157,7 +221,9 @@ class ActionModule(ActionBase):
                 self._transfer_file(by_name[name], remote)
         except Exception as exc:  # any transport failure: remove partial copies, no sentinel
             try:
-                aborted = self._execute_module(module_args=dict(args, _phase="abort"), task_vars=task_vars)
+                aborted = self._execute_module(
+                    module_args=dict(args, _phase="abort", _staged=staged), task_vars=task_vars
+                )
             except Exception as again:  # host gone: the leftovers are removed by the next preload
                 aborted = {"removed": [], "abort_error": to_text(again)}
             result.update(
@@ -182,4 +248,12 @@ class ActionModule(ActionBase):
             os.path.join(step_dir, n) for n in commit.get("removed", []) if not n.startswith(".incoming-")
         ]
         result["complete"] = False
+        if not result.get("failed"):
+            purged = [os.path.basename(p) for p in prep.get("removed", []) if os.path.dirname(p) != step_dir]
+            result["summary"] = "loaded step {}: sent {} ({}){}".format(
+                args.get("step"),
+                ", ".join(prep.get("needed", [])) or "nothing",
+                _size_text(prep.get("copy_bytes", 0)),
+                f"; removed the other steps {', '.join(purged)}" if purged else "",
+            )
         return result

@@ -30,15 +30,24 @@ def memory_findings(mem: Dict[str, Any], min_available_mb: float) -> List[Dict[s
     avail, limit = mem["available_mb"], mem["limit_mb"]
     where = "{} limit".format(mem["limit_source"].replace("_", " "))
     if mem["limit_source"] != "meminfo":
-        out.append(finding("memory_limit", "info",
-                           f"cgroup limit {limit} MiB is below the host's {mem['host_total_mb']} MiB"
-                           " (free -h shows the host, i26)",
-                           f"Plan workers against {limit} MiB, not the host's RAM"))
+        out.append(
+            finding(
+                "memory_limit",
+                "info",
+                f"cgroup limit {limit} MiB is below the host's {mem['host_total_mb']} MiB"
+                " (free -h shows the host, i26)",
+                f"Plan workers against {limit} MiB, not the host's RAM",
+            )
+        )
     if avail < min_available_mb:
-        out.append(finding("memory", "warning",
-                           f"{avail} MiB available of {limit} MiB ({where}), "
-                           f"below {min_available_mb:g} MiB: OOM risk",
-                           "Reduce chunk_size or concurrent workers"))
+        out.append(
+            finding(
+                "memory",
+                "warning",
+                f"{avail} MiB available of {limit} MiB ({where}), below {min_available_mb:g} MiB: OOM risk",
+                "Reduce chunk_size or concurrent workers",
+            )
+        )
     else:
         out.append(finding("memory", "ok", f"{avail} MiB available of {limit} MiB ({where})"))
     return out
@@ -46,15 +55,33 @@ def memory_findings(mem: Dict[str, Any], min_available_mb: float) -> List[Dict[s
 
 def shm_findings(shm: Dict[str, Any], warn_pct: float, crit_pct: float) -> List[Dict[str, str]]:
     if not shm.get("present"):
-        return [finding("shm", "critical", "{} missing: {}".format(shm.get("path"), shm.get("error", "")),
-                        "Mount a tmpfs at /dev/shm")]
+        return [
+            finding(
+                "shm",
+                "critical",
+                "{} missing: {}".format(shm.get("path"), shm.get("error", "")),
+                "Mount a tmpfs at /dev/shm",
+            )
+        ]
     text = f"{shm['path']} {shm['used_mb']}/{shm['size_mb']} MiB used ({shm['used_pct']:.1f}%)"
     if shm["used_pct"] >= crit_pct:
-        return [finding("shm", "critical", text + f", above {crit_pct:g}%: preload refused",
-                        "Clear old steps: ansible-playbook playbooks/ramdisk_clear.yml")]
+        return [
+            finding(
+                "shm",
+                "critical",
+                text + f", above {crit_pct:g}%: preload refused",
+                "Clear old steps: ansible-playbook playbooks/ramdisk_clear.yml",
+            )
+        ]
     if shm["used_pct"] >= warn_pct:
-        return [finding("shm", "warning", text + f", above {warn_pct:g}%",
-                        "Clear steps no longer needed: ansible-playbook playbooks/ramdisk_clear.yml")]
+        return [
+            finding(
+                "shm",
+                "warning",
+                text + f", above {warn_pct:g}%",
+                "Clear steps no longer needed: ansible-playbook playbooks/ramdisk_clear.yml",
+            )
+        ]
     return [finding("shm", "ok", text)]
 
 
@@ -73,8 +100,14 @@ def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: str | None = N
     out = []
     set_mode = "Set DEFAULT: ansible-playbook playbooks/setup.yml -e gpu_env_set_compute_mode=true"
     if gpu["count"] < expected:
-        out.append(finding("gpu_count", "critical", f"{gpu['count']} of {expected} expected GPUs found",
-                           "Check risers, power and seating of the missing GPUs; reboot"))
+        out.append(
+            finding(
+                "gpu_count",
+                "critical",
+                f"{gpu['count']} of {expected} expected GPUs found",
+                "Check risers, power and seating of the missing GPUs; reboot",
+            )
+        )
     for g in gpu["gpus"]:
         hard = [p for p in g["problems"] if "compute mode" not in p and "sysfs only" not in p]
         mode = [p for p in g["problems"] if "compute mode" in p]
@@ -87,14 +120,20 @@ def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: str | None = N
         out.append(finding("gpu_tool", "warning", err, "Check the GPU driver / ROCm or CUDA installation"))
     if gpu["tool"] == "sysfs":
         text = f"{gpu['count']} GPUs seen in sysfs only: no vendor tool answered"
-        out.append(finding("gpu_tool", "warning", text,
-                           "Install amd-smi/rocm-smi or nvidia-smi to read GPU health"))
+        out.append(
+            finding("gpu_tool", "warning", text, "Install amd-smi/rocm-smi or nvidia-smi to read GPU health")
+        )
     gfx = gpu.get("gfxoff") or {}
     if (gpu["vendor"] == "amd" or vendor_hint == "rocm") and gfx.get("gfxoff_disabled") is False:
         text = f"GFXOFF enabled (ppfeaturemask {gfx.get('ppfeaturemask')})"
-        out.append(finding("gfxoff", "warning", text,
-                           "ansible-playbook playbooks/setup.yml -e gpu_env_set_boot_params=true,"
-                           " then reboot"))
+        out.append(
+            finding(
+                "gfxoff",
+                "warning",
+                text,
+                "ansible-playbook playbooks/setup.yml -e gpu_env_set_boot_params=true, then reboot",
+            )
+        )
     if not any(f["severity"] in ("warning", "critical") and f["check"].startswith("gpu") for f in out):
         if gpu["count"]:
             text = f"{gpu['count']} GPUs healthy ({gpu['model']}, {gpu['arch']}, via {gpu['tool']})"
@@ -104,25 +143,71 @@ def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: str | None = N
     return out
 
 
+def usable_findings(health: Dict[str, Any], expected: int) -> List[Dict[str, str]]:
+    """What the fan-out will do with the GPUs (gpu_health.usable_gpus): which get jobs."""
+    if expected <= 0:
+        return []
+    usable, excluded = health["usable"], health["excluded"]
+    left = "; ".join(f"GPU {i}: {r}" for i, r in sorted(excluded.items()))
+    override = "gpu_exclude leaves a GPU out on purpose; gpu_health_policy=ignore uses flagged GPUs anyway"
+    if not usable:
+        return [
+            finding(
+                "gpu_usable",
+                "critical",
+                f"no GPU of {expected} gets jobs ({left}): the host is left out",
+                "Reset or reboot the node, then gpu_health_since after the reset; " + override,
+            )
+        ]
+    if excluded:
+        return [
+            finding(
+                "gpu_usable",
+                "warning",
+                f"{len(usable)} of {expected} GPUs get jobs; left out: {left}",
+                "Reset or reboot the node to get them back; " + override,
+            )
+        ]
+    text = f"all {expected} GPUs get jobs" + (
+        f" (policy ignore keeps {sorted(health['ignored'])})" if health.get("ignored") else ""
+    )
+    return [finding("gpu_usable", "ok", text)]
+
+
 def kernel_findings(klog: Dict[str, Any]) -> List[Dict[str, str]]:
     if not klog.get("readable"):
         why = "; ".join(klog.get("errors") or ["no source"])
-        return [finding("kernel_log", "info", f"kernel log unreadable: {why}",
-                        "Run the diagnostics with become (-b) to read dmesg")]
+        return [
+            finding(
+                "kernel_log",
+                "info",
+                f"kernel log unreadable: {why}",
+                "Run the diagnostics with become (-b) to read dmesg",
+            )
+        ]
     out = []
     if klog["oom_kill_count"]:
         last = klog["oom_kills"][-1]
-        text = (f"{klog['oom_kill_count']} processes killed by the OOM killer"
-                f" (last: {last['process']} pid {last['pid']})")
+        text = (
+            f"{klog['oom_kill_count']} processes killed by the OOM killer"
+            f" (last: {last['process']} pid {last['pid']})"
+        )
         out.append(finding("oom_kills", "critical", text, "Reduce chunk_size or concurrent workers"))
     if klog["amdgpu_error_count"]:
         text = f"{klog['amdgpu_error_count']} amdgpu/KFD errors (last: {klog['amdgpu_errors'][-1]})"
-        out.append(finding("amdgpu_errors", "critical", text,
-                           "Driver or HIP failure: reboot the node; check GFXOFF is disabled"))
+        out.append(
+            finding(
+                "amdgpu_errors",
+                "critical",
+                text,
+                "Driver or HIP failure: reboot the node; check GFXOFF is disabled",
+            )
+        )
     if klog["nvidia_xid_count"]:
         text = f"{klog['nvidia_xid_count']} NVIDIA Xid errors (last: " + klog["nvidia_xid"][-1]["line"] + ")"
-        out.append(finding("nvidia_xid", "critical", text,
-                           "Check the GPU's power and seating; reboot the node"))
+        out.append(
+            finding("nvidia_xid", "critical", text, "Check the GPU's power and seating; reboot the node")
+        )
     if not out:
         text = f"no OOM kills or GPU driver errors since boot ({klog['source']})"
         out.append(finding("kernel_log", "ok", text))
@@ -162,8 +247,14 @@ def hip_cache_usage(root: str, patterns: List[str]) -> Dict[str, Any]:
 def hip_cache_findings(cache: Dict[str, Any], warn_mb: float) -> List[Dict[str, str]]:
     text = f"HIP kernel caches in {cache['root']}: {cache['total_mb']} MiB in {len(cache['entries'])} entries"
     if cache["total_mb"] > warn_mb:
-        return [finding("hip_cache", "warning", text + f" (> {warn_mb:g} MiB: memory pressure)",
-                        "ansible-playbook playbooks/setup.yml -e gpu_env_clear_hip_cache=true")]
+        return [
+            finding(
+                "hip_cache",
+                "warning",
+                text + f" (> {warn_mb:g} MiB: memory pressure)",
+                "ansible-playbook playbooks/setup.yml -e gpu_env_clear_hip_cache=true",
+            )
+        ]
     return [finding("hip_cache", "ok", text)]
 
 
@@ -171,9 +262,18 @@ def ramdisk_status(root: str) -> Dict[str, Any]:
     """Steps under the ramdisk root; through the ramdisk module's code when it is there."""
     try:
         from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
+
         res = rd.status(root)
-        steps = [{"step": s["step"], "state": s["state"], "bytes": s["bytes"], "files": len(s["files"]),
-                  "problems": s["problems"]} for s in res["steps"]]
+        steps = [
+            {
+                "step": s["step"],
+                "state": s["state"],
+                "bytes": s["bytes"],
+                "files": len(s["files"]),
+                "problems": s["problems"],
+            }
+            for s in res["steps"]
+        ]
         return {"root": res["root"], "steps": steps, "via": "ramdisk"}
     except Exception as exc:  # noqa: BLE001 - the fallback below reads the folder itself
         fallback_reason = str(exc)
@@ -185,9 +285,15 @@ def ramdisk_status(root: str) -> Dict[str, Any]:
             if name.startswith(".") or not os.path.isdir(path):
                 continue
             loaded = os.path.exists(os.path.join(path, ".manifest.json"))
-            steps.append({"step": name, "state": "valid" if loaded else "incomplete", "bytes": None,
-                          "files": len([n for n in os.listdir(path) if not n.startswith(".")]),
-                          "problems": [] if loaded else ["no manifest (sentinel)"]})
+            steps.append(
+                {
+                    "step": name,
+                    "state": "valid" if loaded else "incomplete",
+                    "bytes": None,
+                    "files": len([n for n in os.listdir(path) if not n.startswith(".")]),
+                    "problems": [] if loaded else ["no manifest (sentinel)"],
+                }
+            )
     return {"root": real, "steps": steps, "via": f"listing ({fallback_reason})"}
 
 
@@ -197,13 +303,25 @@ def ramdisk_findings(status: Dict[str, Any], expected_steps: List[str]) -> List[
     for step in expected_steps:
         s = by_step.get(step)
         if s is None or s["state"] == "absent":
-            out.append(finding("ramdisk", "warning", f"{step} not loaded under {status['root']}",
-                               "ansible-playbook playbooks/ramdisk_preload.yml (files not preloaded)"))
+            out.append(
+                finding(
+                    "ramdisk",
+                    "warning",
+                    f"{step} not loaded under {status['root']}",
+                    "ansible-playbook playbooks/ramdisk_preload.yml (files not preloaded)",
+                )
+            )
     for s in status["steps"]:
         if s["state"] not in ("valid", "absent"):
             text = f"{s['step']} is {s['state']}: " + "; ".join(s["problems"])
-            out.append(finding("ramdisk", "warning", text,
-                               "ansible-playbook playbooks/ramdisk_preload.yml (reloads what is missing)"))
+            out.append(
+                finding(
+                    "ramdisk",
+                    "warning",
+                    text,
+                    "ansible-playbook playbooks/ramdisk_preload.yml (reloads what is missing)",
+                )
+            )
     if not out:
         loaded = ", ".join(s["step"] for s in status["steps"]) or "no steps loaded"
         out.append(finding("ramdisk", "ok", "{}: {}".format(status["root"], loaded)))

@@ -15,16 +15,29 @@ Deleting (clear, and the purge of other steps by an exclusive preload) acts only
 root whose real path is on a tmpfs/ramfs mount, and only on step folders that carry one
 of our manifests; anything else under the root is left alone and reported (i35).
 
+In use: a run's preload takes a lease on its step folder, ``.lease-<run_id>.json``, live
+until its file's mtime + ``lease_seconds`` (renewing is touching it: a crashed controller's
+lease ends by itself). A clear, or a preload that would purge or change a step, refuses
+while another run holds a live lease on it and names that run. A preload in progress
+holds ``.loading.json`` in its step folder from prepare to commit, so a second preload of
+the same step waits for it instead of deleting its half-sent copies; each host-side
+phase runs under ``flock`` on ``<root>/.prng-lock`` (created and unlinked around each
+operation, so nothing is left behind).
+
 Runs on the managed hosts: plain Python 3.8+, standard library only.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 
 MANIFEST = ".manifest.json"
@@ -61,6 +74,13 @@ PROTECTED = frozenset(
 )
 STATE_ORDER = ("absent", "incomplete", "damaged", "stale", "valid")
 RAM_FSTYPES = ("tmpfs", "ramfs")
+LOCK = ".prng-lock"  # in the root, only while an operation runs
+ROOT_INTERNAL = frozenset([LOCK])
+LOADING = ".loading.json"
+LEASE_PREFIX = ".lease-"
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+# A preload whose claim and half-sent copies have not changed for this long is abandoned.
+STALE_LOAD_SECONDS = 120
 
 
 class RamdiskError(Exception):
@@ -376,6 +396,250 @@ def _entries(sdir):
     return data, incoming, internal
 
 
+# --------------------------------------------------------------------------- in use
+
+
+class RootLock:
+    """flock on ``<root>/.prng-lock`` for one host-side operation. The file is unlinked on
+    release; a waiter that then gets the lock on the unlinked file notices (inode check)
+    and takes a fresh one, so the lock is correct and leaves nothing behind."""
+
+    def __init__(self, root_real, timeout=900.0):
+        # type: (str, float) -> None
+        self.path = os.path.join(root_real, LOCK)
+        self.timeout = timeout
+        self.fd = -1
+
+    def __enter__(self):
+        # type: () -> RootLock
+        deadline = time.monotonic() + self.timeout
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        os.close(fd)
+                        raise
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        raise RamdiskError(
+                            f"another ramdisk operation on this host held {self.path} for more than "
+                            f"{self.timeout:g} s; try again (lock_timeout raises the wait)"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except OSError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        # type: (object) -> None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+def check_run_id(run_id):
+    # type: (str | None) -> str | None
+    if run_id in (None, ""):
+        return None
+    if not RUN_ID.match(str(run_id)):
+        raise RamdiskError(
+            f"run_id: found {run_id!r}, expected 1-80 characters of letters, digits, '.', '_', '-'"
+        )
+    return str(run_id)
+
+
+def _utc(ts):
+    # type: (float) -> str
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lease_path(sdir, run_id):
+    # type: (str, str) -> str
+    return os.path.join(sdir, f"{LEASE_PREFIX}{run_id}.json")
+
+
+def leases(sdir, now=None):
+    # type: (str, float | None) -> list
+    """The leases on a step folder: {run_id, holder, taken, expires, live}; a lease lives
+    until its file's mtime + lease_seconds (renew = touch)."""
+    now = time.time() if now is None else now
+    out = []
+    try:
+        names = sorted(os.listdir(sdir))
+    except OSError:
+        return out
+    for name in names:
+        if not (name.startswith(LEASE_PREFIX) and name.endswith(".json")):
+            continue
+        path = os.path.join(sdir, name)
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+            expires = os.stat(path).st_mtime + float(data.get("lease_seconds", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        out.append(
+            {
+                "run_id": str(data.get("run_id") or name[len(LEASE_PREFIX) : -5]),
+                "holder": data.get("holder") or "",
+                "taken": data.get("taken"),
+                "expires": _utc(expires),
+                "live": now < expires,
+            }
+        )
+    return out
+
+
+def take_lease(sdir, step, run_id, lease_seconds, holder=""):
+    # type: (str, str, str, float, str) -> dict
+    """Take or renew ``run_id``'s lease on a step folder (written atomically)."""
+    if lease_seconds <= 0:
+        raise RamdiskError(f"lease_seconds: expected a number > 0, got {lease_seconds}")
+    path = lease_path(sdir, run_id)
+    taken = None
+    try:
+        with open(path) as fh:
+            taken = json.load(fh).get("taken")
+    except (OSError, ValueError, AttributeError):
+        pass
+    data = {
+        "run_id": run_id,
+        "step": step,
+        "holder": holder,
+        "taken": taken or _utc(time.time()),
+        "lease_seconds": lease_seconds,
+    }
+    tmp = os.path.join(sdir, f".lease.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, sort_keys=True)
+    os.rename(tmp, path)
+    data["expires"] = _utc(os.stat(path).st_mtime + lease_seconds)
+    data["renewed"] = taken is not None
+    return data
+
+
+def release_lease(sdir, run_id):
+    # type: (str, str) -> bool
+    try:
+        os.unlink(lease_path(sdir, run_id))
+        return True
+    except OSError:
+        return False
+
+
+def drop_expired_leases(sdir, now=None):
+    # type: (str, float | None) -> list
+    gone = []
+    for le in leases(sdir, now):
+        if not le["live"] and release_lease(sdir, le["run_id"]):
+            gone.append(le["run_id"])
+    return gone
+
+
+def read_claim(sdir):
+    # type: (str) -> dict | None
+    try:
+        with open(os.path.join(sdir, LOADING)) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) and data.get("id") else None
+    except (OSError, ValueError):
+        return None
+
+
+def claim_age(sdir, now=None):
+    # type: (str, float | None) -> float
+    """Seconds since the claim or any half-sent copy last changed (a live transfer writes)."""
+    now = time.time() if now is None else now
+    newest = 0.0
+    for name in [LOADING] + _entries(sdir)[1]:
+        try:
+            newest = max(newest, os.stat(os.path.join(sdir, name)).st_mtime)
+        except OSError:
+            pass
+    return now - newest
+
+
+def live_claim(sdir, now=None):
+    # type: (str, float | None) -> dict | None
+    claim = read_claim(sdir)
+    if claim is None or claim_age(sdir, now) > STALE_LOAD_SECONDS:
+        return None
+    return claim
+
+
+def write_claim(sdir, load_id, run_id, holder):
+    # type: (str, str, str | None, str) -> None
+    data = {"id": load_id, "run_id": run_id, "holder": holder, "started": _utc(time.time())}
+    tmp = os.path.join(sdir, f".loading.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, sort_keys=True)
+    os.rename(tmp, os.path.join(sdir, LOADING))
+
+
+def drop_claim(sdir, load_id=None):
+    # type: (str, str | None) -> None
+    claim = read_claim(sdir)
+    if claim is not None and load_id is not None and claim.get("id") != load_id:
+        return
+    try:
+        os.unlink(os.path.join(sdir, LOADING))
+    except OSError:
+        pass
+
+
+def in_use_text(step, holders):
+    # type: (str, list) -> str
+    parts = []
+    for le in holders:
+        who = f", holder {le['holder']}" if le.get("holder") else ""
+        parts.append(f"run {le['run_id']} (lease until {le['expires']}{who})")
+    return f"step {step} is in use by " + ", ".join(parts)
+
+
+def release_hint(step, holders):
+    # type: (str, list) -> str
+    run = holders[0]["run_id"]
+    return (
+        "The lease ends with that run (or by itself when it expires); if that run is gone: "
+        f"ansible HOST -m prng.cluster.ramdisk -a 'state=release step={step} run_id={run}'"
+    )
+
+
+def require_unused(root_real, steps, run_id, doing):
+    # type: (str, list, str | None, str) -> None
+    """Refuse (one line, nothing removed) when a step would be removed that a run other
+    than ``run_id`` holds a live lease on, or that a preload is loading right now."""
+    for step in steps:
+        sdir = os.path.join(root_real, step)
+        if os.path.islink(sdir) or not os.path.isdir(sdir):
+            continue
+        holders = [le for le in leases(sdir) if le["live"] and le["run_id"] != run_id]
+        if holders:
+            raise RamdiskError(
+                f"refusing to {doing}: {in_use_text(step, holders)}; nothing removed. "
+                + release_hint(step, holders)
+            )
+        claim = live_claim(sdir)
+        if claim is not None:
+            raise RamdiskError(
+                f"refusing to {doing}: step {step} is being loaded right now by another preload "
+                f"(run {claim.get('run_id') or '-'}, holder {claim.get('holder') or '-'}, started "
+                f"{claim.get('started')}); nothing removed. Try again when it is done"
+            )
+
+
 # --------------------------------------------------------------------------- preload
 
 
@@ -389,11 +653,13 @@ def plan_preload(
     verify="quick",
     allow_any_root=False,
     remove_foreign=False,
+    run_id=None,
 ):
-    # type: (str, str, list, bool, float, float, str, bool, bool) -> dict
+    # type: (str, str, list, bool, float, float, str, bool, bool, str | None) -> dict
     """Read-only: what a preload must do, and whether the ramdisk has room for it.
     ``exclusive`` purges the other steps of ours; other entries under the root are kept
-    and listed in ``foreign`` unless ``remove_foreign``."""
+    and listed in ``foreign`` unless ``remove_foreign``. Refuses to purge a step, or to
+    change this one, while a run other than ``run_id`` holds a live lease on it."""
     root_real = resolve_root(root)
     sdir = step_dir(root_real, step)
     expected = check_expected(expected)
@@ -419,7 +685,7 @@ def plan_preload(
     purge, foreign = [], []
     if exclusive and os.path.isdir(root_real):
         for name in sorted(os.listdir(root_real)):
-            if name == step:
+            if name == step or name in ROOT_INTERNAL:
                 continue
             if remove_foreign or is_our_step(root_real, name):
                 purge.append(name)
@@ -429,11 +695,20 @@ def plan_preload(
         require_ram_root(
             root, root_real, allow_any_root, "remove the other steps ({})".format(", ".join(purge))
         )
+        require_unused(root_real, purge, run_id, f"preload {step} (standalone: it removes the other steps)")
     exp_by_name = dict((e["name"], e) for e in expected)
     same_manifest = current is not None and sorted(
         (r.get("name"), r.get("size"), r.get("sha256")) for r in current.get("files", [])
     ) == sorted((e["name"], e["size"], e["sha256"]) for e in expected)
     complete = same_manifest and not needed and not extraneous and not incoming and not purge
+    if not complete and os.path.isdir(sdir):
+        holders = [le for le in leases(sdir) if le["live"] and le["run_id"] != run_id]
+        if holders and (needed or extraneous or incoming or not same_manifest):
+            raise RamdiskError(
+                f"refusing to change step {step}: {in_use_text(step, holders)}, and these sources differ "
+                f"from its loaded files ({', '.join(needed + extraneous) or 'manifest'}); nothing changed. "
+                + release_hint(step, holders)
+            )
 
     # Space: purged steps, leftovers and replaced/extra files are freed; needed files are
     # staged next to the old ones, so the peak is old + new.
@@ -618,12 +893,15 @@ def commit_preload(root, step, expected, staged, verify="quick"):
     return {"copied": copied, "removed": removed, "manifest": manifest, "path": sdir}
 
 
-def abort_preload(root, step):
-    # type: (str, str) -> list
-    """Remove partial copies after a failed transfer; the step stays not ready."""
+def abort_preload(root, step, names=None):
+    # type: (str, str, list | None) -> list
+    """Remove partial copies after a failed transfer (only ``names`` when given: another
+    preload's copies are not ours to remove); the step stays not ready."""
     root_real = resolve_root(root)
     sdir = step_dir(root_real, step)
     _data, incoming, _internal = _entries(sdir)
+    if names is not None:
+        incoming = [n for n in incoming if n in set(names)]
     for name in incoming:
         try:
             os.unlink(os.path.join(sdir, name))
@@ -635,11 +913,13 @@ def abort_preload(root, step):
 # --------------------------------------------------------------------------- clear
 
 
-def plan_clear(root, step=None, allow_any_root=False, remove_foreign=False):
-    # type: (str, str | None, bool, bool) -> dict
+def plan_clear(root, step=None, allow_any_root=False, remove_foreign=False, run_id=None):
+    # type: (str, str | None, bool, bool, str | None) -> dict
     """What a clear would remove: one step folder, or every step folder of ours under the
     root. Refuses a root not on a tmpfs/ramfs (unless ``allow_any_root``); entries that are
-    not step folders of ours are kept and listed in ``foreign`` (unless ``remove_foreign``)."""
+    not step folders of ours are kept and listed in ``foreign`` (unless ``remove_foreign``).
+    Refuses, removing nothing, when a run other than ``run_id`` holds a live lease on a
+    step it would remove, or a preload is loading it right now."""
     root_real = resolve_root(root)
     if step:
         check_name(step, "step")
@@ -655,6 +935,7 @@ def plan_clear(root, step=None, allow_any_root=False, remove_foreign=False):
         names = [step] if os.path.lexists(path) else []
     else:
         names = sorted(os.listdir(root_real)) if os.path.isdir(root_real) else []
+        names = [n for n in names if n not in ROOT_INTERNAL]
     targets, foreign = [], []
     for name in names:
         path = os.path.join(root_real, name)
@@ -662,6 +943,7 @@ def plan_clear(root, step=None, allow_any_root=False, remove_foreign=False):
             targets.append(path)
         else:
             foreign.append(path)
+    require_unused(root_real, [os.path.basename(t) for t in targets], run_id, "clear")
     return {
         "root": root_real,
         "exists": os.path.isdir(root_real),
@@ -697,6 +979,10 @@ def step_status(root_real, step, expected=None, verify="quick"):
         size = tree_bytes(os.path.join(sdir, name))
         out["files"].append({"name": name, "size": size, "in_manifest": name in records})
         out["bytes"] += size
+    out["leases"] = [le for le in leases(sdir) if le["live"]]
+    claim = live_claim(sdir)
+    if claim is not None:
+        out["loading"] = claim
     if incoming:
         out["problems"].append("partial copies present: {}".format(", ".join(incoming)))
     if manifest is None:
@@ -760,9 +1046,43 @@ def status(root, step=None, expected=None, verify="quick"):
     )
     rows = [
         f"{r['step']:<12} {len(r['files']):>5} {r['bytes'] / 1048576.0:>11.1f}  {r['state']:<10} {shm_text}"
+        + _in_use(r)
         for r in results
     ] or [f"{'-':<12} {0:>5} {0.0:>11.1f}  {'empty':<10} {shm_text}"]
     return {"root": root_real, "steps": results, "shm": shm, "summary": summary, "rows": rows}
+
+
+def clear_summary(targets, shm, check_mode=False):
+    # type: (list, dict, bool) -> str
+    """One line: the steps removed with their sizes, the bytes freed, the mount's use after."""
+    use = "{} now {} of {} used ({:.1f}%)".format(
+        shm["mount"], size_text(shm["used_bytes"]), size_text(shm["size_bytes"]), shm["used_percent"]
+    )
+    if not targets:
+        return "nothing to remove; " + use
+    steps = ", ".join("{} ({})".format(os.path.basename(t["path"]), size_text(t["bytes"])) for t in targets)
+    freed = size_text(sum(t["bytes"] for t in targets))
+    if check_mode:
+        return f"would remove {steps}: {freed} would be freed (check mode, nothing removed)"
+    return f"removed {steps}: {freed} freed; {use}"
+
+
+def _in_use(step_result):
+    # type: (dict) -> str
+    runs = [le["run_id"] for le in step_result.get("leases") or []]
+    text = "  in use by run " + ", ".join(runs) if runs else ""
+    if step_result.get("loading"):
+        text += "  loading now"
+    return text
+
+
+def size_text(n):
+    # type: (int | float) -> str
+    """Bytes for people: 812 B, 1.9 KiB, 7.1 MiB, 2.0 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / float(scale):.1f} {unit}"
+    return f"{int(n)} B"
 
 
 def mib(n):

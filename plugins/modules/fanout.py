@@ -13,13 +13,13 @@ description:
   - Runs on the controller. Plans the jobs of a step (Step 3 scoring chunks, Step 1 seed
     ranges, or any jobs file), gives every host min(GPU count, C(max_concurrent_jobs),
     workers that fit its memory) slots, slot i bound to GPU i, and lets free slots pull
-    work. One ansible-runner run serves every slot for the whole step (each slot an
-    alias host whose M(prng.cluster.fanout_slot) task is delegated to the real host),
-    taking batch after batch and running each with M(prng.cluster.gpu_job) bound to the
-    slot's GPU, so the runner's fixed cost is paid once per step
-    (C(settings.transport=slot) starts one run per slot, C(dispatch) one per batch). A
-    batch carries as much work as the host's measured throughput (moving average) does
-    in C(target_dispatch_seconds), less near the end so no slot idles while others finish.
+    work. One ansible-runner play serves every host for the whole step - one
+    M(prng.cluster.fanout_host) task and one SSH session per host, whatever its slot
+    count - and the host's agent runs the batches of all its slots at once, each job bound
+    to its slot's GPU as M(prng.cluster.gpu_job) does, so the controller's cost is paid per
+    host, not per slot or per batch. A batch carries as much work as the host's measured
+    throughput (moving average) does in C(target_dispatch_seconds), less near the end so
+    no slot idles while others finish.
   - A job is done only when its output validated on the host and again after the pull
     to the controller. Failed jobs retry with backoff on another host when one exists; an
     unreachable host's jobs are requeued and the host retried later; a job killed for
@@ -95,7 +95,7 @@ options:
       - Scheduler knobs, e.g. C(target_dispatch_seconds) (60), C(max_attempts) (3),
         C(retry_backoff_seconds) (2), C(host_retry_seconds) (10), C(max_host_failures) (3),
         C(max_requeues) (6), C(max_jobs_per_dispatch) (64), C(ema_alpha) (0.3),
-        C(progress_interval) (5), C(transport) (C(pool), C(slot) or C(dispatch)).
+        C(progress_interval) (5), C(poll_seconds) (0.2).
     type: dict
     default: {}
 attributes:

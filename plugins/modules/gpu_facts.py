@@ -20,6 +20,13 @@ description:
     which refuses a second process.
   - Reports the GFXOFF setting of the amdgpu driver (boot command line and loaded module
     parameters; C(amdgpu.ppfeaturemask=0xffff7fff) disables it).
+  - Decides which GPUs may be given jobs (RV(usable), RV(health), fact C(prng_gpu_health)).
+    A GPU is left out when the tool flags it (as above), when it is missing (fewer found
+    than O(expected_count)), or when the kernel log since boot (or since O(since)) holds an
+    amdgpu ring timeout, GPU reset or SMU failure, or an NVIDIA Xid, for its PCI address
+    (see M(prng.cluster.kernel_log)). O(exclude) leaves GPUs out by hand;
+    O(health_policy=ignore) gives jobs to flagged GPUs anyway. The fan-out binds slot i to
+    the i-th usable GPU.
   - Every tool runs as an argument list with a timeout, since a hung GPU can hang the tool.
 author:
   - PRNG cluster team (@prng-cluster)
@@ -63,8 +70,41 @@ options:
   expected_count:
     description:
       - GPUs the inventory says the host has (C(gpu_count)). Fewer found is reported in
-        RV(problems) as missing GPUs.
+        RV(problems) as missing GPUs, and the missing indexes are not usable. Default is
+        the number found.
     type: int
+  exclude:
+    description:
+      - GPU indexes never to give jobs to, whatever their health (inventory C(gpu_exclude)).
+    type: list
+    elements: int
+    default: []
+  health_policy:
+    description:
+      - V(exclude) leaves unhealthy GPUs out of RV(usable); V(ignore) keeps them (the
+        reasons are still reported, under C(ignored)). Inventory C(gpu_health_policy).
+    type: str
+    choices: [exclude, ignore]
+    default: exclude
+  kernel_log_sources:
+    description:
+      - Kernel log sources read for GPU errors (as M(prng.cluster.kernel_log)); V([]) skips
+        the kernel log. dmesg may need become where C(kernel.dmesg_restrict=1); an
+        unreadable log is a warning in RV(health), not a failure.
+    type: list
+    elements: str
+    choices: [dmesg, journalctl]
+    default: [dmesg, journalctl]
+  kernel_log_file:
+    description: Read this saved kernel log instead of the live sources.
+    type: path
+  since:
+    description:
+      - Only kernel log lines after this time count (inventory C(gpu_health_since)). Empty
+        means since boot; V(@<epoch>), an age (V(6h), V(90m), V(2d)) or a local time
+        V(2024-06-10 14:00). Use it after resetting a GPU by hand.
+    type: str
+    default: ""
 extends_documentation_fragment:
   - prng.cluster.read_only
   - prng.cluster.read_only.facts
@@ -80,6 +120,16 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that: gpu.unhealthy | length == 0
     fail_msg: "GPUs {{ gpu.unhealthy }} are unhealthy: {{ gpu.problems }}"
+
+- name: Which GPUs get jobs (sets the fact prng_gpu_health)
+  prng.cluster.gpu_facts:
+    expected_count: "{{ gpu_count }}"
+    exclude: "{{ gpu_exclude }}"
+    health_policy: "{{ gpu_health_policy }}"
+    since: "{{ gpu_health_since }}"
+  become: true  # dmesg may be restricted to root
+
+# Ad hoc: ansible rig-6600 -b -m prng.cluster.gpu_facts -a 'expected_count=12 since=6h'
 
 # Ad hoc: ansible rig-6600 -m prng.cluster.gpu_facts
 """
@@ -186,6 +236,24 @@ errors:
   type: list
   elements: str
   sample: ["nvidia-smi rc=9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."]
+usable:
+  description: Indexes (0 to O(expected_count) - 1) of the GPUs that may be given jobs.
+  returned: always
+  type: list
+  elements: int
+  sample: [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
+health:
+  description:
+    - The decision per GPU. C(excluded) and C(ignored) map a GPU index to the reason
+      (C(ignored) - unhealthy, but kept by O(health_policy=ignore)); C(warnings) are
+      findings not tied to one GPU; C(kernel_log) says what was read.
+  returned: always
+  type: dict
+  sample: {"usable": [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11], "gpu_count": 12, "policy": "exclude",
+           "excluded": {"7": "performance level 'unknown': SMU not answering, reboot the node or
+                        reseat the GPU; kernel log: amdgpu ring timeout at 2024-06-10T13:02:11Z"},
+           "ignored": {}, "warnings": [], "checked": "2024-06-10T14:00:00Z",
+           "kernel_log": {"readable": true, "source": "dmesg", "since": null, "errors": []}}
 problems:
   description: Every per-GPU problem and host-level problem, one line each, prefixed by the GPU index.
   returned: always
@@ -201,12 +269,19 @@ ansible_facts:
       description: Every key above.
       type: dict
       returned: always
+    prng_gpu_health:
+      description: RV(health), read by the fan-out to bind slots to usable GPUs only.
+      type: dict
+      returned: always
 """
 
+import datetime  # noqa: E402
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.gpu_health import usable_gpus  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import hsa_override_for, probe  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import kernel_log_result  # noqa: E402
 
 
 def main() -> None:
@@ -222,27 +297,71 @@ def main() -> None:
             timeout=dict(type="float", default=30.0),
             default_arch=dict(type="str"),
             expected_count=dict(type="int"),
+            exclude=dict(type="list", elements="int", default=[]),
+            health_policy=dict(type="str", choices=["exclude", "ignore"], default="exclude"),
+            kernel_log_sources=dict(
+                type="list", elements="str", choices=["dmesg", "journalctl"], default=["dmesg", "journalctl"]
+            ),
+            kernel_log_file=dict(type="path"),
+            since=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
     p = module.params
     if p["timeout"] <= 0:
         module.fail_json(msg="timeout must be > 0, got {}".format(p["timeout"]))
+    if p["expected_count"] is not None and p["expected_count"] < 0:
+        module.fail_json(
+            msg="expected_count (gpu_count): expected an integer >= 0, got {}".format(p["expected_count"])
+        )
     if p["search_path"]:
         # tools are looked up on PATH; the given folders come first
         os.environ["PATH"] = os.pathsep.join(p["search_path"] + [os.environ.get("PATH", "")])
     paths = {"amd_smi": p["amd_smi_path"], "rocm_smi": p["rocm_smi_path"], "nvidia_smi": p["nvidia_smi_path"]}
-    facts = probe(paths, sysfs_root=p["sysfs_root"], rocm_path=p["rocm_path"], timeout=p["timeout"],
-                  proc_root=p["proc_root"])
+    facts = probe(
+        paths,
+        sysfs_root=p["sysfs_root"],
+        rocm_path=p["rocm_path"],
+        timeout=p["timeout"],
+        proc_root=p["proc_root"],
+    )
     if facts["hsa_override_gfx_version"] is None and not facts["arch"] and p["default_arch"]:
         facts["hsa_override_gfx_version"] = hsa_override_for(p["default_arch"])
     problems = ["GPU {}: {}".format(g["index"], text) for g in facts["gpus"] for text in g["problems"]]
     expected = p["expected_count"]
     if expected is not None and facts["count"] < expected:
-        problems.insert(0, f"{facts['count']} of {expected} expected GPUs found:"
-                           " missing GPUs (reseat or check power/risers)")
+        problems.insert(
+            0,
+            f"{facts['count']} of {expected} expected GPUs found:"
+            " missing GPUs (reseat or check power/risers)",
+        )
     facts["problems"] = problems
-    module.exit_json(changed=False, ansible_facts={"prng_gpu": facts}, **facts)
+    if p["kernel_log_sources"] or p["kernel_log_file"]:
+        try:
+            klog = kernel_log_result(
+                p["kernel_log_sources"], p["kernel_log_file"], p["timeout"], p["since"], p["proc_root"]
+            )
+        except ValueError as exc:
+            module.fail_json(msg=f"since (gpu_health_since): {exc}")
+    else:
+        klog = {
+            "readable": None,
+            "source": None,
+            "since": None,
+            "errors": ["not read (kernel_log_sources: [])"],
+        }
+    gpu_count = facts["count"] if expected is None else expected
+    health = usable_gpus(facts, klog, gpu_count, p["exclude"], p["health_policy"])
+    for gpu in facts["gpus"]:
+        gpu["usable"] = gpu["index"] in health["usable"]
+        gpu["excluded_reason"] = health["excluded"].get(gpu["index"])
+    health["gpu_count"] = gpu_count
+    health["checked"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    health["kernel_log"] = {k: klog.get(k) for k in ("readable", "source", "since", "errors")}
+    health["kernel_log"]["events"] = len(klog.get("gpu_events") or [])
+    facts["usable"] = health["usable"]
+    facts["health"] = health
+    module.exit_json(changed=False, ansible_facts={"prng_gpu": facts, "prng_gpu_health": health}, **facts)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ description:
     never taken as proof of success.
   - Concurrent starts on one host are spaced by O(start_stagger_seconds) through a lock
     file in O(state_dir), so parallel GPU initialisation cannot freeze a host (incident i9).
-  - Used by the fan-out (M(prng.cluster.fanout)) for every dispatch; can be run by hand.
+  - Runs a batch the way the fan-out's host agent does (M(prng.cluster.fanout), same code in
+    C(module_utils/job_runner.py), same option names); for running jobs by hand.
 author:
   - PRNG cluster team (@prng-cluster)
 options:
@@ -175,28 +176,28 @@ binding:
   sample: {"CUDA_VISIBLE_DEVICES": "3", "HIP_VISIBLE_DEVICES": "3"}
 """
 
-import base64  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-from typing import Any, Dict, List  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.job_runner import (  # noqa: E402
-    _on_signal,
-    binding_env,
-    inside,
-    run_one,
+    BatchError,
+    parse_jobs,
+    remove_inside,
+    run_batch,
+    stop_on_signals,
 )
 
-
-def pull_entry(src: str, job_id: str, inline_max: int) -> Dict[str, Any]:
-    entry: Dict[str, Any] = {"src": src, "job_id": job_id}
-    if inline_max > 0 and os.path.getsize(src) <= inline_max:
-        with open(src, "rb") as fh:
-            entry["content"] = base64.b64encode(fh.read()).decode("ascii")
-    return entry
+# The options that decide how a batch runs: the same names in the fan-out's batches.
+RUN_OPTIONS = (
+    "gpu_type",
+    "gpu_index",
+    "env_file",
+    "start_stagger_seconds",
+    "state_dir",
+    "kill_grace_seconds",
+    "inline_max_bytes",
+)
 
 
 def main() -> None:
@@ -220,65 +221,25 @@ def main() -> None:
         mutually_exclusive=[("jobs", "jobs_file")],
     )
     p = module.params
-    root = os.path.realpath(p["dispatch_root"])
-    for path in p["remove"]:
-        if not inside(root, path):
-            module.fail_json(msg=f"refusing to remove {path}: not inside {root}")
-    for path in p["remove"]:
-        shutil.rmtree(path, ignore_errors=True)
-    if p["jobs"] is not None:
-        jobs: List[Dict[str, Any]] = p["jobs"]
-        if isinstance(jobs, str):
+    try:
+        remove_inside(p["dispatch_root"], p["remove"])
+        if p["jobs"] is not None:
+            jobs = parse_jobs(p["jobs"])
+            if not jobs:  # only the removals were asked for
+                module.exit_json(changed=bool(p["remove"]), jobs=[], fetch=[], binding={})
+            work_dir, root = p["work_dir"] or "", p["dispatch_root"]
+        else:
             try:
-                jobs = json.loads(jobs)
-            except ValueError as exc:
-                module.fail_json(msg=f"jobs is not valid JSON: {exc}")
-        if not isinstance(jobs, list) or not all(
-            isinstance(j, dict) and "id" in j and "argv" in j for j in jobs
-        ):
-            module.fail_json(msg="jobs must be a list of {id, argv, ...} objects")
-        if not jobs:  # only the removals were asked for
-            module.exit_json(changed=bool(p["remove"]), jobs=[], fetch=[], binding={})
-        work_dir = p["work_dir"]
-        if not work_dir or not inside(root, work_dir):
-            module.fail_json(msg=f"work_dir {work_dir} must lie inside {root}")
-        os.makedirs(work_dir, mode=0o700, exist_ok=True)
-        jobs_file = os.path.join(work_dir, "jobs.json")
-        with open(jobs_file + ".tmp", "w") as fh:
-            json.dump({"jobs": jobs}, fh, indent=1)
-        os.replace(jobs_file + ".tmp", jobs_file)
-    else:
-        jobs_file = p["jobs_file"]
-        work_dir = os.path.dirname(jobs_file)
-        try:
-            with open(jobs_file, "rb") as fh:
-                jobs = json.load(fh)["jobs"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            module.fail_json(msg=f"cannot read jobs file {jobs_file}: {exc}")
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, _on_signal)
-    binding = binding_env(p["gpu_type"], p["gpu_index"])
-    log_dir = os.path.join(work_dir, "logs")
-    os.makedirs(log_dir, exist_ok=True)
-    results = []
-    fetch = []
-    for job in jobs:
-        res = run_one(
-            job,
-            log_dir,
-            binding,
-            p["env_file"],
-            p["start_stagger_seconds"],
-            p["state_dir"],
-            p["kill_grace_seconds"],
-        )
-        results.append(res)
-        if res["status"] == "ok":
-            for spec in job.get("outputs") or []:
-                for src in (spec["path"], spec["path"] + ".meta.json"):
-                    if os.path.exists(src):
-                        fetch.append(pull_entry(src, res["id"], p["inline_max_bytes"]))
-    module.exit_json(changed=True, jobs=results, fetch=fetch, binding=binding)
+                with open(p["jobs_file"], "rb") as fh:
+                    jobs = parse_jobs(json.load(fh)["jobs"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                module.fail_json(msg=f"cannot read jobs file {p['jobs_file']}: {exc}")
+            work_dir, root = os.path.dirname(p["jobs_file"]), None
+        stop_on_signals()
+        result = run_batch(jobs, work_dir, root, **{k: p[k] for k in RUN_OPTIONS})
+    except BatchError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=True, **result)
 
 
 if __name__ == "__main__":

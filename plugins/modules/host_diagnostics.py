@@ -19,6 +19,9 @@ description:
     (hung GPUs showing N/A / unknown, missing GPUs, EXCLUSIVE_PROCESS, GFXOFF on).
   - C(oom_kills), C(amdgpu_errors), C(nvidia_xid), C(kernel_log) - as M(prng.cluster.kernel_log); an
     unreadable log is an V(info) finding, not a failure.
+  - C(gpu_usable) - which GPUs the fan-out gives jobs to, as M(prng.cluster.gpu_facts) decides it
+    (tool flags, missing GPUs, kernel log errors since boot or O(since), O(gpu_exclude),
+    O(gpu_health_policy)).
   - C(ramdisk) - the steps under the ramdisk root (through the ramdisk module's code), steps
     expected but not loaded, incomplete or damaged steps.
   - C(hip_cache) - size of the HIP kernel caches (C(~/.cache/hip_*)).
@@ -101,6 +104,22 @@ options:
   kernel_log_file:
     description: Read this saved kernel log instead.
     type: path
+  since:
+    description:
+      - Kernel log lines before this time are not counted (empty - since boot), as in
+        M(prng.cluster.kernel_log).
+    type: str
+    default: ""
+  gpu_exclude:
+    description: GPU indexes the inventory leaves out (C(gpu_exclude)).
+    type: list
+    elements: int
+    default: []
+  gpu_health_policy:
+    description: The inventory's C(gpu_health_policy) (V(ignore) gives flagged GPUs jobs anyway).
+    type: str
+    choices: [exclude, ignore]
+    default: exclude
   timeout:
     description: Seconds one GPU tool or log source may take.
     type: float
@@ -140,7 +159,7 @@ memory:
   returned: always
   type: dict
 gpu:
-  description: The result of M(prng.cluster.gpu_facts).
+  description: The result of M(prng.cluster.gpu_facts), with C(health) (usable, excluded, ignored, warnings).
   returned: always
   type: dict
 kernel_log:
@@ -167,8 +186,9 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils import diagnostics as dg  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.gpu_health import usable_gpus  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import probe  # noqa: E402
-from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import parse_kernel_log, read_kernel_log  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import kernel_log_result  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts  # noqa: E402
 
 
@@ -191,39 +211,67 @@ def main() -> None:
             sysfs_root=dict(type="path", default="/sys"),
             proc_root=dict(type="path", default="/proc"),
             cgroup_root=dict(type="path", default="/sys/fs/cgroup"),
-            kernel_log_sources=dict(type="list", elements="str", choices=["dmesg", "journalctl"],
-                                    default=["dmesg", "journalctl"]),
+            kernel_log_sources=dict(
+                type="list", elements="str", choices=["dmesg", "journalctl"], default=["dmesg", "journalctl"]
+            ),
             kernel_log_file=dict(type="path"),
             timeout=dict(type="float", default=30.0),
+            since=dict(type="str", default=""),
+            gpu_exclude=dict(type="list", elements="int", default=[]),
+            gpu_health_policy=dict(type="str", choices=["exclude", "ignore"], default="exclude"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     if not 0 < p["shm_warn_pct"] <= p["shm_crit_pct"] <= 100:
-        module.fail_json(msg=f"need 0 < shm_warn_pct <= shm_crit_pct <= 100, got {p['shm_warn_pct']}"
-                             f" and {p['shm_crit_pct']}")
+        module.fail_json(
+            msg=f"need 0 < shm_warn_pct <= shm_crit_pct <= 100, got {p['shm_warn_pct']}"
+            f" and {p['shm_crit_pct']}"
+        )
     if p["search_path"]:
         os.environ["PATH"] = os.pathsep.join(p["search_path"] + [os.environ.get("PATH", "")])
     try:
         mem = memory_facts(p["cgroup_root"], p["proc_root"], p["shm_path"])
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"cannot read memory state: {exc}")
-    gpu = probe({}, sysfs_root=p["sysfs_root"], rocm_path=p["rocm_path"], timeout=p["timeout"],
-                proc_root=p["proc_root"])
-    text, source, errors = read_kernel_log(p["kernel_log_sources"], p["kernel_log_file"], p["timeout"])
-    klog = dict(parse_kernel_log(text or ""), readable=text is not None, source=source, errors=errors)
+    gpu = probe(
+        {},
+        sysfs_root=p["sysfs_root"],
+        rocm_path=p["rocm_path"],
+        timeout=p["timeout"],
+        proc_root=p["proc_root"],
+    )
+    try:
+        klog = kernel_log_result(
+            p["kernel_log_sources"], p["kernel_log_file"], p["timeout"], p["since"], p["proc_root"]
+        )
+    except ValueError as exc:
+        module.fail_json(msg=f"since: {exc}")
+    health = usable_gpus(gpu, klog, p["expected_gpus"], p["gpu_exclude"], p["gpu_health_policy"])
     ramdisk = dg.ramdisk_status(p["ramdisk_root"])
     cache = dg.hip_cache_usage(p["hip_cache_root"], p["hip_cache_patterns"])
 
-    findings = (dg.memory_findings(mem, p["min_available_mb"])
-                + dg.shm_findings(mem["shm"], p["shm_warn_pct"], p["shm_crit_pct"])
-                + dg.gpu_findings(gpu, p["expected_gpus"], p["gpu_type"])
-                + dg.kernel_findings(klog)
-                + dg.ramdisk_findings(ramdisk, p["ramdisk_steps"])
-                + dg.hip_cache_findings(cache, p["hip_cache_warn_mb"]))
+    findings = (
+        dg.memory_findings(mem, p["min_available_mb"])
+        + dg.shm_findings(mem["shm"], p["shm_warn_pct"], p["shm_crit_pct"])
+        + dg.gpu_findings(gpu, p["expected_gpus"], p["gpu_type"])
+        + dg.usable_findings(health, p["expected_gpus"])
+        + dg.kernel_findings(klog)
+        + dg.ramdisk_findings(ramdisk, p["ramdisk_steps"])
+        + dg.hip_cache_findings(cache, p["hip_cache_warn_mb"])
+    )
     findings.sort(key=lambda f: -dg.SEVERITIES.index(f["severity"]))
-    module.exit_json(changed=False, findings=findings, worst=dg.worst(findings), memory=mem, gpu=gpu,
-                     kernel_log=klog, ramdisk=ramdisk, hip_cache=cache)
+    gpu["health"] = health
+    module.exit_json(
+        changed=False,
+        findings=findings,
+        worst=dg.worst(findings),
+        memory=mem,
+        gpu=gpu,
+        kernel_log=klog,
+        ramdisk=ramdisk,
+        hip_cache=cache,
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,22 @@ description:
     symlinks) is left alone and listed in RV(foreign). O(allow_any_root) and
     O(remove_foreign) override this.
   - O(state=status) lists the steps, their files and sizes, whether each is valid,
-    stale (differs from O(files) on the controller), damaged, incomplete or absent, and
-    the ramdisk's used and total size.
+    stale (differs from O(files) on the controller), damaged, incomplete or absent, the
+    runs using each, and the ramdisk's used and total size.
+  - In use. A preload with O(run_id) takes that run's lease on the step folder
+    (C(.lease-<run_id>.json)), live for O(lease_seconds) after it was last taken or
+    renewed (re-running the preload, O(state=lease), or touching the file renews it), so
+    after a controller crash it ends by itself. While another run holds a live lease on a
+    step, a clear of it, an O(exclusive) preload that would remove it, and a preload that
+    would change its files refuse, name that run, and remove nothing. O(state=release)
+    gives a run's lease back and, with O(clear_unused), removes the step when no other run
+    uses it (the end-of-step policy).
+  - Two preloads of one step on one host do not mix. The first holds a claim
+    (C(.loading.json)) from its check to its commit, and the second waits for it (up to
+    O(lock_timeout)) and then finds the step loaded. A claim whose preload died (its
+    process is gone on this controller, or nothing moved for 2 minutes) is taken over.
+    Each host-side phase runs under C(flock) on C(<root>/.prng-lock), a file that exists
+    only while a phase runs.
   - The controller side (hashing the sources with a size/mtime cache and sending the
     files) is this module's action plugin, so the module is always used through it.
 author:
@@ -40,9 +54,10 @@ options:
   state:
     description:
       - V(preload) loads O(files) for O(step); V(clear) removes O(step) or every step;
-        V(status) reports.
+        V(status) reports; V(lease) takes or renews the lease of O(run_id) on the loaded
+        O(step); V(release) gives it back (and removes the step with O(clear_unused)).
     type: str
-    choices: [preload, clear, status]
+    choices: [preload, clear, status, lease, release]
     default: status
   root:
     description:
@@ -100,6 +115,32 @@ options:
     type: str
     choices: [quick, full]
     default: quick
+  run_id:
+    description:
+      - The run that uses the step (letters, digits, C(.), C(_), C(-); at most 80). A preload
+        with it takes the run's lease on the step; a clear with it ignores that run's own
+        lease. Empty (default) - no lease is taken, and leases of every run count.
+    type: str
+    default: ""
+  lease_seconds:
+    description:
+      - How long a lease lives after it was taken or last renewed. Longer than the step's
+        longest stretch without a renewal; after a controller crash the step stays
+        protected this long.
+    type: float
+    default: 21600
+  lock_timeout:
+    description:
+      - Seconds a preload waits for another preload of the same step on the host, and any
+        operation for the host's ramdisk lock, before it fails.
+    type: float
+    default: 900
+  clear_unused:
+    description:
+      - With O(state=release), remove the step when no other run holds a live lease on it
+        (only step folders of ours, on a tmpfs/ramfs root, as O(state=clear)).
+    type: bool
+    default: false
   _manifest:
     description: Internal, set by the action plugin. Names, sizes and SHA-256 of O(files).
     type: list
@@ -112,6 +153,16 @@ options:
   _staged:
     description: Internal, set by the action plugin. File name to the path its copy was sent to.
     type: dict
+  _load_id:
+    description: Internal, set by the action plugin. Identifies this preload's claim on the step.
+    type: str
+  _holder:
+    description: Internal, set by the action plugin. The controller process behind the claim or lease.
+    type: str
+    default: ""
+  _break_claim:
+    description: Internal, set by the action plugin. A claim whose preload process is gone, to take over.
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow
@@ -131,7 +182,7 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - Concurrent preloads of the same step on the same host are not locked against each other.
+  - Concurrent preloads of the same step on the same host take turns (see the description).
   - The controller caches source hashes by path, size, mtime and inode in
     C(~/.cache/prng-cluster/hashes) (override with E(PRNG_HASH_CACHE)); a changed file is re-hashed.
 seealso:
@@ -157,10 +208,25 @@ EXAMPLES = r"""
     files: [runs/demo/train_history.json, runs/demo/holdout_history.json]
   register: ramdisk
 
-- name: Remove one step
+- name: Remove one step (refused, naming the run, while a run holds a lease on it)
   prng.cluster.ramdisk:
     state: clear
     step: step3
+
+- name: Load step 3 for run 20240610-1402-ab12cd and hold it while that run goes on
+  prng.cluster.ramdisk:
+    state: preload
+    step: step3
+    files: [runs/demo/train_history.json, runs/demo/holdout_history.json]
+    run_id: 20240610-1402-ab12cd
+    lease_seconds: 43200
+
+- name: End of that run - give the lease back, remove the step if no other run uses it
+  prng.cluster.ramdisk:
+    state: release
+    step: step3
+    run_id: 20240610-1402-ab12cd
+    clear_unused: true
 
 - name: Remove every step under a custom root (foreign entries there are kept and listed)
   prng.cluster.ramdisk:
@@ -233,10 +299,13 @@ shm:
   sample: {"mount": "/dev/shm", "fstype": "tmpfs", "size_bytes": 4294967296, "used_bytes": 536870912,
            "avail_bytes": 3758096384, "used_percent": 12.5}
 summary:
-  description: One line for tables, e.g. from playbooks/ramdisk_status.yml.
-  returned: state=status
+  description:
+    - One line saying what happened. Status - for tables, e.g. from playbooks/ramdisk_status.yml.
+      Clear and release - the steps removed, the bytes freed and the mount's use after. Preload -
+      what was sent.
+  returned: always
   type: str
-  sample: "step3: 2 files 0.0 MiB valid | shm 0.0 MiB/64.0 MiB used (0.1%)"
+  sample: "removed step3 (7.1 MiB), step1 (2.0 MiB): 9.1 MiB freed; /dev/shm now 0.0/64.0 MiB used (0.0%)"
 rows:
   description: Table rows (step, files, MiB, state, shm used/size) for playbooks/ramdisk_status.yml.
   returned: state=status
@@ -253,46 +322,70 @@ complete:
   returned: state=preload
   type: bool
   sample: true
+freed_bytes:
+  description: Bytes the removed steps held.
+  returned: state=clear, state=release
+  type: int
+  sample: 7444889
+lease:
+  description: The lease taken or renewed for O(run_id).
+  returned: state=preload or state=lease, with O(run_id)
+  type: dict
+  sample: {"run_id": "20240610-1402-ab12cd", "step": "step3", "holder": "ctl pid 4121",
+           "taken": "2024-06-10T14:02:11Z", "lease_seconds": 21600, "expires": "2024-06-10T20:02:11Z",
+           "renewed": false}
+released:
+  description: Whether O(run_id)'s lease was there and is given back.
+  returned: state=release
+  type: bool
+  sample: true
+kept:
+  description: Why O(clear_unused) kept the step (other runs still use it).
+  returned: state=release, when the step is kept
+  type: str
+  sample: "step step3 is in use by run 20240610-1502-ffee01 (lease until 2024-06-10T21:02:11Z)"
+busy:
+  description: Internal, for the action plugin - the claim of another preload of the step, still running.
+  returned: state=preload, while another preload of the step runs
+  type: dict
 """
 
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.ramdisk import (  # noqa: E402
+    MANIFEST,
+    STALE_LOAD_SECONDS,
     RamdiskError,
+    RootLock,
     abort_preload,
+    check_run_id,
+    claim_age,
+    clear_summary,
     commit_preload,
     do_clear,
+    drop_claim,
+    drop_expired_leases,
+    in_use_text,
+    leases,
     manifest_lines,
     plan_clear,
     plan_preload,
     prepare_preload,
+    read_claim,
+    release_lease,
     resolve_root,
     shm_info,
     status,
+    step_dir,
+    take_lease,
+    write_claim,
 )
 
 
-def _preload(module: AnsibleModule) -> dict:
+def _plan(module: AnsibleModule, run_id: str | None) -> dict:
     p = module.params
-    if not p["step"]:
-        raise RamdiskError("state=preload needs a step")
-    if p["_manifest"] is None:
-        raise RamdiskError("state=preload needs files (sent by the action plugin)")
-    phase = p["_phase"]
-    if phase == "abort":
-        gone = abort_preload(p["root"], p["step"])
-        return {"changed": bool(gone), "removed": gone}
-    if phase == "commit":
-        res = commit_preload(p["root"], p["step"], p["_manifest"], p["_staged"] or {}, p["verify"])
-        res["step_path"] = res.pop("path")
-        res["changed"] = True
-        res["files"] = {
-            r["name"]: os.path.join(res["step_path"], r["name"]) for r in res["manifest"]["files"]
-        }
-        res["shm"] = shm_info(res["step_path"])
-        return res
-    plan = plan_preload(
+    return plan_preload(
         p["root"],
         p["step"],
         p["_manifest"],
@@ -302,7 +395,70 @@ def _preload(module: AnsibleModule) -> dict:
         p["verify"],
         p["allow_any_root"],
         p["remove_foreign"],
+        run_id,
     )
+
+
+def _preload(module: AnsibleModule) -> dict:
+    p = module.params
+    if not p["step"]:
+        raise RamdiskError("state=preload needs a step")
+    if p["_manifest"] is None:
+        raise RamdiskError("state=preload needs files (sent by the action plugin)")
+    run_id = check_run_id(p["run_id"])
+    root_real = resolve_root(p["root"])
+    sdir = step_dir(root_real, p["step"])
+    phase = p["_phase"]
+    if phase == "abort":
+        with RootLock(root_real, p["lock_timeout"]):
+            gone = abort_preload(
+                p["root"], p["step"], [os.path.basename(v) for v in (p["_staged"] or {}).values()]
+            )
+            drop_claim(sdir, p["_load_id"])
+        return {"changed": bool(gone), "removed": gone}
+    if phase == "commit":
+        with RootLock(root_real, p["lock_timeout"]):
+            claim = read_claim(sdir)
+            if claim is not None and claim.get("id") != p["_load_id"]:
+                raise RamdiskError(
+                    f"step {p['step']}: another preload ({claim.get('holder')}) took this load over after it "
+                    "looked abandoned; step not ready, run the preload again"
+                )
+            try:
+                res = commit_preload(p["root"], p["step"], p["_manifest"], p["_staged"] or {}, p["verify"])
+            finally:
+                drop_claim(sdir, p["_load_id"])
+        res["step_path"] = res.pop("path")
+        res["changed"] = True
+        res["files"] = {
+            r["name"]: os.path.join(res["step_path"], r["name"]) for r in res["manifest"]["files"]
+        }
+        res["shm"] = shm_info(res["step_path"])
+        return res
+    if module.check_mode:
+        return _prepared(module, _plan(module, run_id), None)
+    if not os.path.isdir(root_real):
+        _plan(module, run_id)  # refusals (space, names) before the root is created
+        os.makedirs(root_real, 0o755, exist_ok=True)
+    with RootLock(root_real, p["lock_timeout"]):
+        claim = read_claim(sdir) if os.path.isdir(sdir) else None
+        if claim is not None and claim.get("id") != p["_load_id"]:
+            age = claim_age(sdir)
+            if age <= STALE_LOAD_SECONDS and claim.get("id") != p["_break_claim"]:
+                return {"changed": False, "busy": dict(claim, idle_s=round(age, 1)), "step_path": sdir}
+            drop_claim(sdir)  # its preload is gone; its half-sent copies are removed as leftovers
+        plan = _plan(module, run_id)
+        if not plan["complete"]:
+            prepare_preload(plan)
+            write_claim(sdir, p["_load_id"] or "", run_id, p["_holder"])
+        lease = None
+        if run_id:
+            drop_expired_leases(sdir)
+            lease = take_lease(sdir, p["step"], run_id, p["lease_seconds"], p["_holder"])
+    return _prepared(module, plan, lease)
+
+
+def _prepared(module: AnsibleModule, plan: dict, lease: dict | None) -> dict:
     for warning in plan["warnings"]:
         module.warn(warning)
     res = {
@@ -319,6 +475,8 @@ def _preload(module: AnsibleModule) -> dict:
         "projected_used_percent": plan["projected_used_percent"],
         "files": {e["name"]: os.path.join(plan["path"], e["name"]) for e in plan["expected"]},
     }
+    if lease is not None:
+        res["lease"] = lease
     if module._diff:
         after = {"files": [dict(e) for e in plan["expected"]]}
         res["diff"] = {
@@ -327,14 +485,10 @@ def _preload(module: AnsibleModule) -> dict:
             "before": manifest_lines(plan["manifest_before"]),
             "after": manifest_lines(after),
         }
-    if not plan["complete"] and not module.check_mode:
-        prepare_preload(plan)
     return res
 
 
-def _clear(module: AnsibleModule) -> dict:
-    p = module.params
-    plan = plan_clear(p["root"], p["step"] or None, p["allow_any_root"], p["remove_foreign"])
+def _clear_result(module: AnsibleModule, plan: dict) -> dict:
     paths = [t["path"] for t in plan["targets"]]
     res = {
         "changed": bool(paths),
@@ -355,6 +509,58 @@ def _clear(module: AnsibleModule) -> dict:
     if paths and not module.check_mode:
         do_clear(plan)
     res["shm"] = shm_info(plan["root"])
+    res["summary"] = clear_summary(plan["targets"], res["shm"], module.check_mode)
+    return res
+
+
+def _clear(module: AnsibleModule) -> dict:
+    p = module.params
+    run_id = check_run_id(p["run_id"])
+    args = (p["root"], p["step"] or None, p["allow_any_root"], p["remove_foreign"], run_id)
+    root_real = resolve_root(p["root"])
+    if module.check_mode or not os.path.isdir(root_real):
+        return _clear_result(module, plan_clear(*args))
+    plan_clear(*args)  # refusals (root on disk) before the lock file is made
+    with RootLock(root_real, p["lock_timeout"]):
+        return _clear_result(module, plan_clear(*args))
+
+
+def _lease(module: AnsibleModule) -> dict:
+    p = module.params
+    run_id = check_run_id(p["run_id"])
+    if not p["step"] or not run_id:
+        raise RamdiskError(f"state={p['state']} needs a step and a run_id")
+    root_real = resolve_root(p["root"])
+    sdir = step_dir(root_real, p["step"])
+    if p["state"] == "lease":
+        if not os.path.isfile(os.path.join(sdir, MANIFEST)):
+            raise RamdiskError(f"step {p['step']} is not loaded under {root_real}: preload it (with run_id)")
+        if module.check_mode:
+            return {"changed": False}
+        with RootLock(root_real, p["lock_timeout"]):
+            lease = take_lease(sdir, p["step"], run_id, p["lease_seconds"], p["_holder"])
+        return {"changed": not lease["renewed"], "lease": lease, "step_path": sdir}
+    if not os.path.isdir(sdir):
+        summary = f"step {p['step']} is not loaded here: no lease of run {run_id} to give back"
+        return {"changed": False, "released": False, "removed": [], "freed_bytes": 0, "summary": summary}
+    res = {"released": any(le["run_id"] == run_id for le in leases(sdir)), "removed": [], "freed_bytes": 0}
+    if module.check_mode:
+        return dict(res, changed=res["released"])
+    with RootLock(root_real, p["lock_timeout"]):
+        release_lease(sdir, run_id)
+        others = [le for le in leases(sdir) if le["live"]]
+        if p["clear_unused"] and others:
+            res["kept"] = in_use_text(p["step"], others)
+            res["summary"] = f"kept {p['step']}: {res['kept']}"
+            module.warn(f"kept {sdir}: {res['kept']}")
+        elif p["clear_unused"]:
+            plan = plan_clear(p["root"], p["step"], p["allow_any_root"], p["remove_foreign"], run_id)
+            res.update(_clear_result(module, plan))
+    res["changed"] = res["released"] or bool(res["removed"])
+    if "summary" not in res:
+        res["summary"] = "lease of run {} {}".format(run_id, "given back" if res["released"] else "not held")
+    elif res["released"]:
+        res["summary"] = f"lease of run {run_id} given back; " + res["summary"]
     return res
 
 
@@ -370,7 +576,9 @@ def _status(module: AnsibleModule) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type="str", choices=["preload", "clear", "status"], default="status"),
+            state=dict(
+                type="str", choices=["preload", "clear", "status", "lease", "release"], default="status"
+            ),
             root=dict(type="path", default="/dev/shm/prng", aliases=["ramdisk_root"]),
             step=dict(type="str"),
             files=dict(type="list", elements="path"),
@@ -383,6 +591,13 @@ def main() -> None:
             _manifest=dict(type="list", elements="dict"),
             _phase=dict(type="str", choices=["prepare", "commit", "abort"], default="prepare"),
             _staged=dict(type="dict"),
+            _load_id=dict(type="str"),
+            _holder=dict(type="str", default=""),
+            _break_claim=dict(type="str"),
+            run_id=dict(type="str", default=""),
+            lease_seconds=dict(type="float", default=21600.0),
+            lock_timeout=dict(type="float", default=900.0),
+            clear_unused=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -391,7 +606,13 @@ def main() -> None:
         module.fail_json(msg="refusing: the ramdisk root is empty")
     try:
         resolve_root(module.params["root"])
-        handler = {"preload": _preload, "clear": _clear, "status": _status}[module.params["state"]]
+        handler = {
+            "preload": _preload,
+            "clear": _clear,
+            "status": _status,
+            "lease": _lease,
+            "release": _lease,
+        }[module.params["state"]]
         result = handler(module)
     except RamdiskError as exc:
         module.fail_json(msg=str(exc))

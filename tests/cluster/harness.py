@@ -71,6 +71,10 @@ class HostSpec:
     gpu_type: str = "cpu"
     groups: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict)
+    # Leave sshd's session limits at OpenSSH's defaults (MaxSessions 10, MaxStartups
+    # 10:30:100), as on a real rig; the others get raised limits, which would hide a
+    # transport that opens too many sessions or connections per host.
+    stock_sshd: bool = False
 
 
 @dataclass
@@ -487,6 +491,7 @@ class Cluster:
 
     def _write_sshd_config(self, host: Host) -> None:
         assert self.tmpdir is not None
+        limits = [] if host.spec.stock_sshd else ["MaxStartups 200:30:400", "MaxSessions 200"]
         (host.home / "sshd_config").write_text(
             "\n".join(
                 [
@@ -501,8 +506,7 @@ class Cluster:
                     "UsePAM no",
                     "StrictModes no",  # keys live under /tmp
                     "UseDNS no",
-                    "MaxStartups 200:30:400",
-                    "MaxSessions 200",
+                    *limits,
                     "LogLevel ERROR",
                     f"Subsystem sftp {SFTP_SERVER}",
                     "",
@@ -543,6 +547,10 @@ class Cluster:
             "worker_venv": self.worker_venv,
             "ansible_remote_tmp": str(host.home / "ansible-tmp"),
         }
+        if spec.gpu_type != "cpu":
+            # Test hosts have no GPU and no vendor tool: the health preflight would leave
+            # them out. Health is tested with captured tool output (tests/fixtures/gpu_tools).
+            hv["gpu_health_policy"] = "ignore"
         hv.update(spec.vars)
         return hv
 

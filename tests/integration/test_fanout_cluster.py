@@ -362,3 +362,33 @@ def test_i38_cut_link_of_a_two_slot_host_counts_once_and_the_host_rejoins(
     assert victim["down_s"] > 1
     assert m["complete"] and m["stopped"] is None
     assert_exactly_once(run_dir, total)
+
+
+def test_stock_sshd_24_slots_exactly_once(make_cluster: Any, tmp_path: Path) -> None:
+    """A 24-GPU rig on an sshd left at OpenSSH's defaults (MaxSessions 10, MaxStartups
+    10:30:100; the other test hosts raise both, which would hide this): every slot works,
+    every job runs exactly once, and the host is never lost. One SSH session per host
+    (issue 14); a session per slot would pass MaxSessions here."""
+    c = make_cluster(
+        [
+            HostSpec(
+                "rig24",
+                gpu_type="rocm",
+                gpu_count=24,
+                max_concurrent_jobs=24,
+                groups=("rocm",),
+                stock_sshd=True,
+            )
+        ]
+    )
+    assert "MaxSessions" not in (c.hosts["rig24"].home / "sshd_config").read_text()
+    total = write_jobs(tmp_path / "jobs.json", 48, 5, "--sleep", "0.1")  # ~0.5 s each
+    proc = run_jobs(c, tmp_path / "jobs.json", tmp_path / "run")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    m = manifest(tmp_path / "run")
+    assert m["complete"] and m["jobs"]["completed"] == 48
+    assert_exactly_once(tmp_path / "run", total)
+    assert {o["slot"] for o in m["outputs"]} == set(range(24)), "every slot ran jobs"
+    rig = m["hosts"]["rig24"]
+    assert (rig["slots"], rig["outages"], rig["last_error"]) == (24, 0, ""), rig
+    assert m["timings"]["agents_started"] == 1, "one agent, over one SSH session, ran all 24 slots"

@@ -145,7 +145,7 @@ def test_i29_hosts_that_fail_the_preflight_get_no_jobs(make_cluster: Any, tmp_pa
     )
     assert "failed the step3 preflight" in fan["left_out"]["fullshm"]
     assert set(fan["hosts"]) == {"good"} and fan["complete"]
-    assert "left out: " in proc.stdout and "noworkers" in proc.stdout.split("left out: ", 1)[1][:400]
+    assert "left out: noworkers: failed the step3 preflight" in proc.stdout
     scored = json.loads((run_dir / "survivors_with_scores.json").read_text())
     assert {r["metadata"]["host"] for r in scored} == {"good"}
     assert len(scored) == len(json.loads((DEMO / "survivors.json").read_text()))
@@ -192,7 +192,8 @@ def test_i37_inventory_all_vars_win_over_the_collection_defaults(make_cluster: A
     fan = json.loads((run_dir / "fanout_manifest.json").read_text())
     assert fan["complete"] and not fan["left_out"]
     for host in c.hosts.values():
-        assert (host.shm / "team-root" / "step3" / "survivors.json").is_file()
+        # the JSON survivors reach the hosts converted once to NPZ (issue 10: one copy per host)
+        assert (host.shm / "team-root" / "step3" / "survivors.npz").is_file()
         assert not (host.shm / "prng").exists()
     status = c.playbook("playbooks/ramdisk_status.yml")
     assert status.returncode == 0 and "step3" in status.stdout  # the table lists the step under team-root

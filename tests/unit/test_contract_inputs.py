@@ -368,7 +368,7 @@ def test_npz_survivors_pass_and_are_memory_mapped_not_loaded(tmp_path: Path) -> 
     path = tmp_path / "s.npz"
     formats.write_survivors(
         path,
-        [{k: r[k] for k in ("seed", "match_rate", "best_skip")} for r in recs],
+        [{k: r[k] for k in ("seed", "score", "best_skip")} for r in recs],  # the demo: bidirectional records
         {"family": "java_lcg", "mod": 1000, "direction": "bidirectional"},
     )
     got = contract.check_survivors(path, "java_lcg", 1000)

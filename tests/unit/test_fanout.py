@@ -20,6 +20,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "collections"))
 
+from ansible_collections.prng.cluster.plugins.module_utils import (  # noqa: E402
+    fanout_agent,
+    job_runner,
+    job_validate,
+)
+from ansible_collections.prng.cluster.plugins.module_utils import fanout_protocol as proto  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (  # noqa: E402
     OutputInvalid,
     seeds_digest,
@@ -200,8 +206,12 @@ def test_list_plan_needs_an_output_per_job(tmp_path: Path) -> None:
 
 
 # -- batch sizing: free slots pull, enough work per dispatch, fair tail (i18) ------------------
-def _fan(tmp_path: Path, n_jobs: int, hosts: list[HostSpec]) -> FanOut:
+def _fan(tmp_path: Path, n_jobs: int, hosts: list[HostSpec], **job_fields: dict[str, Any]) -> FanOut:
+    """job_fields: {field: {job id: value}} set before the fan-out indexes the jobs."""
     jobs = {f"j{i:03d}": Job(id=f"j{i:03d}", argv=["x"], units=100) for i in range(n_jobs)}
+    for name, values in job_fields.items():
+        for job_id, value in values.items():
+            setattr(jobs[job_id], name, value)
     for h in hosts:
         slots_for(h, 0)
     return FanOut(
@@ -231,21 +241,24 @@ def test_batch_sizing_from_measured_throughput(tmp_path: Path) -> None:
     assert len(fan.take_batch(fast, 0.0)) == 10  # 10 s of work at 100 units/s
     assert len(fan.take_batch(slow, 0.0)) == 2
     for job in list(fan.jobs.values())[:190]:
-        job.state = "done"
+        fan.index.set(job, "done")
     # Tail: 1000 units left, 240 units/s over all slots: each slot's share of ~4.2 s.
     assert len(fan.take_batch(fast, 0.0)) == 4
     assert len(fan.take_batch(slow, 0.0)) == 1
 
 
 def test_longest_jobs_go_first(tmp_path: Path) -> None:
-    fan = _fan(tmp_path, 3, [HostSpec("a", max_concurrent_jobs=1)])
-    fan.jobs["j001"].units = 500
+    fan = _fan(tmp_path, 3, [HostSpec("a", max_concurrent_jobs=1)], units={"j001": 500})
     assert [j.id for j in fan.take_batch(fan.hosts["a"], 0.0)] == ["j001"]
 
 
 def test_failed_job_prefers_another_host(tmp_path: Path) -> None:
-    fan = _fan(tmp_path, 1, [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)])
-    fan.jobs["j000"].avoid = ["a"]
+    fan = _fan(
+        tmp_path,
+        1,
+        [HostSpec("a", max_concurrent_jobs=1), HostSpec("b", max_concurrent_jobs=1)],
+        avoid={"j000": ["a"]},
+    )
     assert fan.take_batch(fan.hosts["a"], 0.0) == []
     assert [j.id for j in fan.take_batch(fan.hosts["b"], 0.0)] == ["j000"]
     fan.hosts["b"].excluded = True  # the only other host is gone: run it where we can
@@ -374,14 +387,21 @@ def test_gpu_job_stagger_spaces_worker_starts(tmp_path: Path) -> None:
 # -- host loss (i38) and failure classes (i31), the scheduler driven by a fake transport ----
 # The fake stands in for the dispatcher only (SSH is exercised by the cluster tests): each
 # dispatch "runs" its jobs for a few ms and hands back what a real one would.
-def _sim(tmp_path: Path, n_jobs: int, hosts: list[HostSpec], dispatch: Any, **settings: Any) -> FanOut:
+def _sim(
+    tmp_path: Path,
+    n_jobs: int,
+    hosts: list[HostSpec],
+    dispatch: Any,
+    journal_cls: type[Journal] = Journal,
+    **settings: Any,
+) -> FanOut:
     jobs = [
         Job(id=f"c{i:04d}", argv=["x"], outputs=[{"path": "{out}/r.json", "kind": "json"}])
         for i in range(n_jobs)
     ]
     for h in hosts:
         slots_for(h, 0)
-    journal = Journal(str(tmp_path / "run"))
+    journal = journal_cls(str(tmp_path / "run"))
     journal.create({"run_id": "sim", "inputs": {}}, jobs)
     knobs = dict(
         poll_seconds=0.005,
@@ -398,12 +418,23 @@ def _sim(tmp_path: Path, n_jobs: int, hosts: list[HostSpec], dispatch: Any, **se
         hosts,
         {j.id: j for j in jobs},
         journal,
-        dispatch,
+        _threaded(dispatch),
         Settings(**knobs),
         said.append,
     )
     fan.said = said  # type: ignore[attr-defined]
     return fan
+
+
+def _threaded(dispatch: Any) -> Any:
+    """The transport's non-blocking send() over a fake that answers in a thread of its own."""
+
+    def send(dispatch_id: str, host: HostSpec, slot: int, jobs: list[Job], expect: Any, reply: Any) -> None:
+        threading.Thread(
+            target=lambda: reply(dispatch(dispatch_id, host, slot, jobs, expect)), daemon=True
+        ).start()
+
+    return send
 
 
 def _transport(tmp_path: Path, reachable: Any, result: Any = None, seconds: float = 0.02) -> Any:
@@ -615,3 +646,185 @@ def test_i31_crash_is_retried_elsewhere_and_does_not_stop_the_run(tmp_path: Path
     for job_id in ("c0002", "c0003"):
         hosts = [r["host"] for r in _records(fan) if r["ev"] == "start" and r["job"] == job_id]
         assert len(hosts) == 2 and hosts[0] != hosts[1], hosts  # retried, on the other host
+
+
+# -- small at every size (issue 14) ----------------------------------------------------------
+def test_decision_cost_does_not_grow_with_finished_jobs(tmp_path: Path) -> None:
+    """Picking a batch looks at the queue's head, not at every job: with 40,000 jobs done
+    it costs what it costs with 100 done (the old scan-and-sort took ~60x longer)."""
+    host = HostSpec("a", gpu_type="cuda", gpu_count=8, max_concurrent_jobs=8)
+
+    def fan_with(done: int) -> FanOut:
+        fan = _fan(tmp_path / f"d{done}", done + 400, [host])
+        for job in list(fan.jobs.values())[:done]:
+            fan.index.set(job, "done")
+        fan.hosts["a"].rate = 100.0  # 10 jobs of 100 units per batch
+        return fan
+
+    def cost(fan: FanOut) -> int:
+        """Python lines executed (sys.settrace): a deterministic count where a clock would
+        flake under load; a scan over every job shows up as lines per job."""
+        lines = 0
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal lines
+            lines += event == "line"
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            for _ in range(30):
+                assert len(fan.take_batch(fan.hosts["a"], 0.0)) == 10
+        finally:
+            sys.settrace(None)
+        return lines
+
+    few, many = fan_with(100), fan_with(40_000)
+    cost(few), cost(many)  # the first pick drops the finished jobs' stale heap entries, once
+    assert cost(many) < 1.5 * cost(few), (cost(few), cost(many))
+
+
+class _SyncSpy(Journal):
+    """The real journal, noting what was durable (fsynced) and how often it synced."""
+
+    syncs = 0
+    synced_bytes = 0
+
+    def sync(self) -> None:
+        if self._fh is not None and self._unsynced:
+            type(self).syncs += 1
+        super().sync()
+        if self._fh is not None:
+            type(self).synced_bytes = self._fh.tell()
+
+
+def test_journal_fsyncs_grouped_and_durable_before_each_batch_is_sent(tmp_path: Path) -> None:
+    unsynced_at_send: list[str] = []
+    journal_path = tmp_path / "run" / "journal.jsonl"
+    base = _transport(tmp_path, lambda host, slot: True, seconds=0.01)
+
+    def dispatch(dispatch_id: str, host: HostSpec, slot: int, jobs: list[Job], expect: Any) -> DispatchResult:
+        return base(dispatch_id, host, slot, jobs, expect)
+
+    fan = _sim(
+        tmp_path,
+        60,
+        [
+            HostSpec("a", gpu_type="cuda", gpu_count=3, max_concurrent_jobs=3),
+            HostSpec("b", max_concurrent_jobs=2),
+        ],
+        dispatch,
+        journal_cls=_SyncSpy,
+    )
+    send = fan.send
+
+    def checked_send(dispatch_id: str, *args: Any) -> None:
+        # Everything journaled so far, this batch's start lines included, is on disk.
+        if journal_path.stat().st_size != _SyncSpy.synced_bytes:
+            unsynced_at_send.append(dispatch_id)
+        send(dispatch_id, *args)
+
+    fan.send = checked_send  # type: ignore[method-assign]
+    _run(fan)
+    _assert_each_done_once(fan)
+    assert not unsynced_at_send, unsynced_at_send
+    lines = len(_records(fan))
+    assert lines >= 120 and _SyncSpy.syncs < lines / 2, (lines, _SyncSpy.syncs)  # not one per line
+
+
+# -- the host agent, run for real as a local process -------------------------------------------
+def _agent(tmp_path: Path, run_id: str) -> subprocess.Popen[bytes]:
+    """The agent as fanout_host starts it (BOOT, then its source over stdin), without SSH."""
+    source = proto.agent_source([job_validate, job_runner, proto, fanout_agent])
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", proto.BOOT, proto.AGENT_TAG, run_id],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(str(len(source)).encode() + b"\n" + source)
+    proto.write(proc.stdin, proto.hello(run_id=run_id, dispatch_root=str(tmp_path / "dispatch")))
+    hello = proto.read(proc.stdout)
+    assert hello is not None and hello["op"] == proto.HELLO and hello["pid"] == proc.pid
+    return proc
+
+
+def _sleep_batch(tmp_path: Path, run_id: str, dispatch_id: str, slot: int, seconds: float, tag: str) -> Any:
+    out = f"{tmp_path}/dispatch/{run_id}/{dispatch_id}/out/r.json"
+    code = f"import json,os,time;time.sleep({seconds});json.dump([{{'seed': {slot}}}], open({out!r}, 'w'))"
+    job = {
+        "id": f"job-{dispatch_id}",
+        "argv": ["sh", "-c", f'{sys.executable} -c "$0" {tag}', code],
+        "outputs": [{"path": out, "kind": "json_list", "records": 1}],
+    }
+    run = {
+        "gpu_type": "cuda",
+        "gpu_index": slot,
+        "state_dir": str(tmp_path / "state"),
+        "inline_max_bytes": 1 << 20,
+    }
+    return proto.batch(dispatch_id, slot, f"{tmp_path}/dispatch/{run_id}/{dispatch_id}", [job], run)
+
+
+def _running(tag: str) -> bool:
+    return tag in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def _start_sleeper(agent: subprocess.Popen[bytes], tmp_path: Path, run_id: str, tag: str) -> None:
+    """A 300 s job on slot 0, returned once its process runs."""
+    assert agent.stdin is not None
+    proto.write(agent.stdin, _sleep_batch(tmp_path, run_id, "d-long", 0, 300, tag))
+    deadline = time.time() + 10
+    while not _running(tag):
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def test_agent_runs_its_hosts_slots_at_once_and_the_session_end_kills_its_jobs(tmp_path: Path) -> None:
+    proc = _agent(tmp_path, "r1")
+    assert proc.stdin is not None and proc.stdout is not None
+    for slot in (0, 1):
+        proto.write(proc.stdin, _sleep_batch(tmp_path, "r1", f"d{slot}", slot, 1.0, f"prng-t-{os.getpid()}"))
+    results = [proto.read(proc.stdout) for _ in range(2)]
+    jobs = {r["dispatch_id"]: r["jobs"][0] for r in results if r}
+    assert {d: (j["status"], j["binding"]) for d, j in jobs.items()} == {
+        "d0": ("ok", {"CUDA_VISIBLE_DEVICES": "0"}),
+        "d1": ("ok", {"CUDA_VISIBLE_DEVICES": "1"}),
+    }
+    assert abs(jobs["d0"]["started"] - jobs["d1"]["started"]) < 0.8  # side by side, not in turn
+    assert all(r and r["fetch"][0]["content"] for r in results)  # small outputs ride inline
+    # The session ends while a job runs (controller gone, link cut): its group dies (i16).
+    tag = f"prng-t-end-{os.getpid()}"
+    _start_sleeper(proc, tmp_path, "r1", tag)
+    proc.stdin.close()
+    assert proc.wait(20) == 0
+    time.sleep(0.3)
+    assert not _running(tag)
+
+
+def test_agent_of_a_rerun_replaces_the_old_one_and_its_jobs(tmp_path: Path) -> None:
+    """Two agents of one run never race on a host: the newer stops the older (a rerun after
+    a controller crash, or a host reconnecting after its link was cut)."""
+    old = _agent(tmp_path, "r2")
+    tag = f"prng-t-old-{os.getpid()}"
+    _start_sleeper(old, tmp_path, "r2", tag)
+    new = _agent(tmp_path, "r2")
+    assert old.wait(20) != 0 and new.poll() is None
+    time.sleep(0.3)
+    assert not _running(tag)
+    assert (tmp_path / "dispatch" / "r2" / "agent.pid").read_text() == str(new.pid)
+    assert new.stdin is not None
+    proto.write(new.stdin, proto.stop([str(tmp_path / "dispatch" / "r2")]))
+    assert new.wait(20) == 0 and not (tmp_path / "dispatch" / "r2").exists()  # one cleanup
+
+
+def test_protocol_refuses_what_is_not_a_message() -> None:
+    assert proto.decode(proto.encode(proto.stop(["/x"]))) == {"op": "stop", "remove": ["/x"]}
+    for line, why in (
+        (b"{}", "not a fan-out message"),
+        (b'{"op": "batch", "dispatch_id": "d1"}', "batch message without slot, work_dir, jobs, run"),
+        (b'{"op": "result", "dispatch_id": "d1", "status": "fine"}', "result status 'fine'"),
+        (b"garbage", "not a fan-out message"),
+    ):
+        with pytest.raises(proto.ProtocolError, match=why):
+            proto.decode(line)

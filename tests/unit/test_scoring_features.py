@@ -32,8 +32,9 @@ def _as_dict(row: np.ndarray, hrow: np.ndarray) -> dict[str, float]:
     return d
 
 
-@pytest.mark.parametrize(("m", "n", "nh"),
-                         [(1000, 537, 130), (10, 60, 7), (50000, 300, 40), (1000, 5, 3), (1000, 1, 1)])
+@pytest.mark.parametrize(
+    ("m", "n", "nh"), [(1000, 537, 130), (10, 60, 7), (50000, 300, 40), (1000, 5, 3), (1000, 1, 1)]
+)
 def test_batched_numpy_matches_per_seed_reference(m: int, n: int, nh: int) -> None:
     rng = np.random.default_rng(m + n)
     a, hh, p, ph = _random_case(m, n, nh, 6, rng)
@@ -142,3 +143,70 @@ def test_batch_size_bounded_by_budget() -> None:
     assert 1 <= b and b * 18_000 * engine.BYTES_PER_SEED_DRAW["numpy"] <= 64 * 2**20
     assert engine.batch_size("numpy", 10**9, 1) == 1
     assert engine.batch_size("torch", 100, 64, override=5) == 5
+
+
+# The int16 fast path (m <= 2^14) sums integers exactly (int32/int64, or float64 below 2^53)
+# and takes the 10 autocorrelation lags from the FFT's power spectrum; only the FFT-derived
+# features (fft_peak_magnitude, autocorr_lag_k) and float64 formulas round. Stated tolerance
+# against the float64 formulation (the general path, and the per-seed reference above):
+FAST_RTOL, FAST_ATOL = 1e-9, 1e-12
+
+
+@pytest.mark.parametrize(
+    ("m", "n"), [(1000, 14450), (999, 3001), (5000, 2000), (2**14, 4000), (7, 400), (1000, 11)]
+)
+def test_fast_path_equals_the_float64_formulation(m: int, n: int) -> None:
+    rng = np.random.default_rng([m, n])
+    a, hh, p, ph = _random_case(m, n, max(1, n // 4), 12, rng)
+    p[3] = np.arange(n) % 2 * (m - 1)  # alternating: autocorrelation -1 / +1 at odd / even lags
+    p[4] = (np.arange(n) // 3) % m  # slow ramp: strong positive autocorrelation, large cusum
+    p[5, n // 2 :] = m - 1  # a step
+    h, hho = features.prepare_history(a, m), features.prepare_history(hh, m)
+    p16, ph16 = p.astype(np.int16), ph.astype(np.int16)
+    assert features._fast_path(p16, m)
+    fast = features.train_features(p16, h)
+    general = features._train_features_general(p16, h)
+    np.testing.assert_allclose(fast, general, rtol=FAST_RTOL, atol=FAST_ATOL)
+    got_h = features.holdout_features(ph16, hho)
+    want_h = features.holdout_features(ph.astype(np.int32), features.prepare_history(hh, m))  # general path
+    np.testing.assert_allclose(got_h, want_h, rtol=FAST_RTOL, atol=FAST_ATOL)
+    for i in (3, 4, 5):  # the shaped series against the per-seed reference too
+        ref = reference_features(p[i].tolist(), a.tolist(), m)
+        for name, value in ref.items():
+            assert fast[i, features.COL[name]] == pytest.approx(value, rel=REF_RTOL, abs=REF_ATOL), (i, name)
+    col = features.COL
+    assert fast[3, col["autocorr_lag_1"]] < -0.9 and fast[3, col["autocorr_lag_2"]] > 0.8
+    exact = [
+        "exact_matches",
+        "pred_min",
+        "pred_max",
+        "residual_max_abs",
+        "lane_agreement_8",
+        "lane_agreement_125",
+        "digit_hundreds_agreement",
+        "digit_tens_agreement",
+        "digit_ones_agreement",
+    ]
+    for name in exact:  # integer counts: identical, not just close
+        np.testing.assert_array_equal(fast[:, col[name]], general[:, col[name]], err_msg=name)
+
+
+def test_fast_path_is_taken_only_where_its_sums_are_exact() -> None:
+    p = np.zeros((2, 14450), dtype=np.int16)
+    assert features._fast_path(p, 1000)
+    assert not features._fast_path(p.astype(np.int32), 1000)  # m > 2^14 draws
+    assert not features._fast_path(np.zeros((2, 200_000), dtype=np.int16), 2**14)  # n * m >= 2^31
+
+
+def test_workspace_reuse_does_not_leak_between_batches() -> None:
+    # buffers are kept between sub-batches (and between train / holdout lengths): a batch after
+    # a bigger one, and after another history length, must give the same rows as alone
+    rng = np.random.default_rng(12)
+    a, hh, p, ph = _random_case(1000, 900, 200, 10, rng)
+    h, hho = features.prepare_history(a, 1000), features.prepare_history(hh, 1000)
+    p16, ph16 = p.astype(np.int16), ph.astype(np.int16)
+    alone = [features.train_features(p16[i : i + 1], h) for i in range(10)]
+    features.train_features(p16, h)
+    features.holdout_features(ph16, hho)
+    for i in (9, 0, 4):
+        np.testing.assert_array_equal(features.train_features(p16[i : i + 1], h), alone[i])

@@ -298,13 +298,22 @@ def check_sieve_inputs(
     threshold: float,
     seed_start: int,
     seed_stop: int,
+    direction: str = "forward",
+    reverse_window: int = 0,
 ) -> dict[str, Any]:
     """Validate a whole Step 1 input set (raises InputError, one line).
 
-    The history must hold offset + window draws of the chosen sessions; the seed range
-    [seed_start, seed_stop) must be non-empty and inside the family's seed space (seeds at or
-    above 2^seed_bits repeat smaller ones); window, offset and skips fit the GPU kernel's int."""
-    from prng_workers.sieve import make_job
+    The history must hold offset + window draws of the chosen sessions (bidirectional: and
+    draws after them for the reverse check); the seed range [seed_start, seed_stop) must be
+    non-empty and inside the family's seed space (seeds at or above 2^seed_bits repeat smaller
+    ones); window, offset and skips fit the GPU kernel's int."""
+    from prng_workers.sieve import DIRECTION_ALIASES, DIRECTIONS, make_job
+
+    direction = DIRECTION_ALIASES.get(direction, direction)
+    if direction not in DIRECTIONS:
+        raise InputError(
+            f"direction: found {formats.show(_plain(direction))}, expected one of {', '.join(DIRECTIONS)}"
+        )
 
     fam = check_family(family)
     m = check_mod(mod, fam)
@@ -354,6 +363,8 @@ def check_sieve_inputs(
         sessions=",".join(sess),
         seed_start=seed_start,
         seed_end=seed_stop,
+        direction=direction,
+        reverse_window=_int_param("reverse_window", reverse_window, 0, INT32_MAX),
     )
     return {
         "history": {
@@ -374,6 +385,12 @@ def check_sieve_inputs(
         "seed_stop": seed_stop,
         "seeds": seed_stop - seed_start,
         "need": job.need,
+        "direction": job.direction,
+        **(
+            {"reverse_window": job.reverse_window, "reverse_need": job.reverse_need}
+            if job.reverse_window
+            else {}
+        ),
     }
 
 
@@ -438,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threshold", type=float, default=0.01)
     v.add_argument("--seed-start", type=seed_int, required=True)
     v.add_argument("--seed-stop", "--seed-end", dest="seed_stop", type=seed_int, required=True)
+    v.add_argument("--direction", default="forward", help="forward, bidirectional or reversed_window")
+    v.add_argument("--reverse-window", type=int, default=0)
     sub.add_parser("identity", help="version, code hash and feature-set version of this worker package")
     return p
 
@@ -461,6 +480,8 @@ def run(argv: list[str]) -> dict[str, Any]:
             args.threshold,
             args.seed_start,
             args.seed_stop,
+            args.direction,
+            args.reverse_window,
         )
     return worker_identity()
 

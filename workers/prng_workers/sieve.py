@@ -5,13 +5,19 @@ For each seed in [seed_start, seed_end) and each skip s in [skip_min, skip_max],
 window's residue r_i. rate(s) = matches / k; the best skip is the one with most matches
 (ties: the smallest s); the seed survives if best rate >= threshold.
 
-Directions:
+Directions (docs/sieve.md):
 - `forward`: r = the k residues of the chosen sessions starting at index `offset`
   (oldest first).
-- `reverse`: compatibility mode of the replaced system: the SAME forward generator compared
-  with the same window in reversed order (newest first). It does not invert the PRNG; a
-  seed planted forward normally fails it.
-Bidirectional survivors (`intersect`) are seeds in both the forward and reverse results.
+- `bidirectional`: the forward pass, then every forward survivor is checked from the
+  newest end of the history: its generator runs to the call of the newest draw and walks
+  back (LCG families step back with the modular inverse, the others regenerate) over the
+  `reverse_window` newest draws, which lie after the forward window, at the forward best
+  skip. The seed stays if that reverse rate also reaches the threshold. A true seed passes
+  both at 1.0; a random seed passes the check with P[Bin(k_r, 1/m) >= need_r], independently
+  of the forward pass (`bidirectional_survival_probability`).
+- `reversed_window` (old name `reverse`): compatibility mode of the replaced system: the
+  SAME forward generator compared with the window in reversed order (newest first). It
+  does not invert the PRNG; a seed planted forward normally fails it.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from prng_workers.errors import InputError
 from prng_workers.families import get_family
 from prng_workers.formats import history_residues, parse_sessions
 
-DIRECTIONS = ("forward", "reverse")
+DIRECTIONS = ("forward", "bidirectional", "reversed_window")
+#: old names still accepted (and recorded under the new one)
+DIRECTION_ALIASES = {"reverse": "reversed_window"}
 BACKENDS = ("auto", "numpy", "cpu", "gpu")
 MAX_SEED = 1 << 64
 CPU_CHUNK = 1 << 22  # seeds per compiled-kernel call: bounds the per-seed result arrays
+REVERSE_CHUNK = 1 << 12  # seeds per reverse-check call (mt19937 keeps 2.5 kB of state per seed)
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,24 @@ class SieveJob:
     seed_end: int
     direction: str = "forward"
     sessions: str = "both"
+    #: bidirectional: the `reverse_window` newest residues, newest first
+    reverse_residues: np.ndarray | None = None
+    #: bidirectional: draws of the chosen sessions in the history (the newest is call
+    #: offset + (n_draws - offset)(s+1) at skip s)
+    n_draws: int = 0
 
     @property
     def window(self) -> int:
         return int(self.residues.shape[0])
+
+    @property
+    def reverse_window(self) -> int:
+        return 0 if self.reverse_residues is None else int(self.reverse_residues.shape[0])
+
+    @property
+    def reverse_need(self) -> int:
+        """Reverse matches needed: the same threshold over the reverse window."""
+        return max(1, math.ceil(round(self.threshold * self.reverse_window, 9)))
 
     @property
     def need(self) -> int:
@@ -62,19 +85,48 @@ class SieveJob:
         return self.skip_max - self.skip_min + 1
 
     def params(self) -> dict[str, Any]:
-        return {"family": self.family, "direction": self.direction, "window": self.window,
-                "offset": self.offset, "skip_min": self.skip_min, "skip_max": self.skip_max,
-                "threshold": self.threshold, "mod": self.m, "sessions": self.sessions,
-                "seed_start": self.seed_start, "seed_end": self.seed_end}
+        out = {
+            "family": self.family,
+            "direction": self.direction,
+            "window": self.window,
+            "offset": self.offset,
+            "skip_min": self.skip_min,
+            "skip_max": self.skip_max,
+            "threshold": self.threshold,
+            "mod": self.m,
+            "sessions": self.sessions,
+            "seed_start": self.seed_start,
+            "seed_end": self.seed_end,
+        }
+        if self.direction == "bidirectional":
+            out["reverse_window"] = self.reverse_window
+        return out
 
 
-def make_job(family: str, history: list[dict[str, Any]], *, window: int, offset: int = 0, skip_min: int = 0,
-             skip_max: int = 0, threshold: float = 0.01, m: int = 1000, sessions: str = "both",
-             seed_start: int = 0, seed_end: int = 0, direction: str = "forward") -> SieveJob:
-    """Validate the parameters (InputError, one line each) and cut the window."""
+def make_job(
+    family: str,
+    history: list[dict[str, Any]],
+    *,
+    window: int,
+    offset: int = 0,
+    skip_min: int = 0,
+    skip_max: int = 0,
+    threshold: float = 0.01,
+    m: int = 1000,
+    sessions: str = "both",
+    seed_start: int = 0,
+    seed_end: int = 0,
+    direction: str = "forward",
+    reverse_window: int = 0,
+) -> SieveJob:
+    """Validate the parameters (InputError, one line each) and cut the window(s).
+
+    `reverse_window` (bidirectional only): how many of the newest draws the reverse check
+    compares; 0 = as many as the forward window, or all the draws after it if fewer."""
     fam = get_family(family)
+    direction = DIRECTION_ALIASES.get(direction, direction)
     if direction not in DIRECTIONS:
-        raise InputError(f"direction must be forward or reverse, got {direction!r}")
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     if not 1 <= m <= fam.max_mod:
         raise InputError(f"--mod must be in [1, {fam.max_mod}] for {family}, got {m}")
     if not (threshold > 0 and threshold <= 1):  # also rejects NaN
@@ -92,16 +144,56 @@ def make_job(family: str, history: list[dict[str, Any]], *, window: int, offset:
     sess = ",".join(parse_sessions(sessions))
     allr = history_residues(history, sessions, m)
     if offset + window > allr.shape[0]:
-        raise InputError(f"window {window} at offset {offset} is longer than the history "
-                         f"({allr.shape[0]} draws for sessions {sess})")
-    r = allr[offset:offset + window].copy()
-    if direction == "reverse":
+        raise InputError(
+            f"window {window} at offset {offset} is longer than the history "
+            f"({allr.shape[0]} draws for sessions {sess})"
+        )
+    r = allr[offset : offset + window].copy()
+    if direction == "reversed_window":
         r = r[::-1].copy()
-    return SieveJob(family, r, m, offset, skip_min, skip_max, float(threshold), seed_start, seed_end,
-                    direction, "both" if sess == "midday,evening" else sess)
+    rev = None
+    n = int(allr.shape[0])
+    if direction == "bidirectional":
+        rev = allr[reverse_slice(n, window, offset, reverse_window, sess)][::-1].copy()
+    elif reverse_window:
+        raise InputError(f"reverse_window applies to direction bidirectional, not {direction}")
+    return SieveJob(
+        family,
+        r,
+        m,
+        offset,
+        skip_min,
+        skip_max,
+        float(threshold),
+        seed_start,
+        seed_end,
+        direction,
+        "both" if sess == "midday,evening" else sess,
+        rev,
+        n,
+    )
+
+
+def reverse_slice(n_draws: int, window: int, offset: int, reverse_window: int, sessions: str) -> slice:
+    """The reverse check's draws: the newest `reverse_window` of the history, all after the
+    forward window (disjoint windows keep the two checks independent for a random seed)."""
+    after = n_draws - offset - window
+    if after < 1:
+        raise InputError(
+            f"bidirectional needs draws after the forward window: the history has {n_draws} "
+            f"draws for sessions {sessions}, the window ends at {offset + window}"
+        )
+    if reverse_window < 0 or reverse_window > after:
+        raise InputError(
+            f"reverse_window must be in [0, {after}] (the draws after the forward window; "
+            f"0 = automatic), got {reverse_window}"
+        )
+    k_r = reverse_window or min(window, after)
+    return slice(n_draws - k_r, n_draws)
 
 
 # ---------------------------------------------------------------- NumPy backend
+
 
 def numpy_sieve_range(job: SieveJob, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """Best match count / skip per seed, NumPy only (the reference path)."""
@@ -134,7 +226,29 @@ def numpy_sieve_range(job: SieveJob, start: int, end: int) -> tuple[np.ndarray, 
     return best_cnt, best_skip
 
 
+# ---------------------------------------------------------------- bidirectional check
+
+
+def reverse_counts(job: SieveJob, seeds: np.ndarray, skips: np.ndarray) -> np.ndarray:
+    """Reverse matches of each seed at its own skip: its generator run to the call of the
+    newest draw, compared backwards with the `reverse_window` newest residues."""
+    fam = get_family(job.family)
+    rr = job.reverse_residues
+    if rr is None:
+        raise ValueError("reverse_counts needs a bidirectional job")
+    out = np.zeros(seeds.shape[0], dtype=np.int64)
+    for s in np.unique(skips).tolist():
+        rows = np.nonzero(skips == s)[0]
+        last = job.offset + (job.n_draws - job.offset) * (int(s) + 1)
+        for c0 in range(0, rows.size, REVERSE_CHUNK):
+            part = rows[c0 : c0 + REVERSE_CHUNK]
+            d = fam.draws_backward(seeds[part], job.reverse_window, job.m, int(s), last)
+            out[part] = (d == rr[None, :]).sum(axis=1)
+    return out
+
+
 # ---------------------------------------------------------------- orchestration
+
 
 @dataclass
 class SieveResult:
@@ -194,16 +308,15 @@ def run_sieve(job: SieveJob, backend: str = "auto") -> SieveResult:
 
         runner = gpu.GpuSieve(job)
         device, visible = runner.device_name, runner.visible_devices
-        step = runner.chunk
-        fn = runner.sieve_range
     elif chosen == "cpu":
         from prng_workers.backends import cpu
 
         step = CPU_CHUNK
 
         def fn(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-            return cpu.sieve_range(job.family, a, b, job.residues, job.m, job.offset, job.skip_min,
-                                   job.skip_max, job.need)
+            return cpu.sieve_range(
+                job.family, a, b, job.residues, job.m, job.offset, job.skip_min, job.skip_max, job.need
+            )
     else:
         step = 1 << 20
 
@@ -211,38 +324,97 @@ def run_sieve(job: SieveJob, backend: str = "auto") -> SieveResult:
             return numpy_sieve_range(job, a, b)
 
     need = job.need
-    for a in range(job.seed_start, job.seed_end, step):
-        b = min(job.seed_end, a + step)
-        best_cnt, best_skip = fn(a, b)
-        hit = np.nonzero(best_cnt >= need)[0]
-        if hit.size:
-            seeds_parts.append(hit.astype(np.uint64) + np.uint64(a))
-            cnt_parts.append(best_cnt[hit].astype(np.int64))
-            skip_parts.append(best_skip[hit].astype(np.int64))
-    seconds = time.perf_counter() - t0
+
+    def scan():  # (seeds, matches, best skip) of each chunk's survivors
+        for a in range(job.seed_start, job.seed_end, step):
+            b = min(job.seed_end, a + step)
+            best_cnt, best_skip = fn(a, b)
+            hit = np.nonzero(best_cnt >= need)[0]
+            yield (
+                hit.astype(np.uint64) + np.uint64(a),
+                best_cnt[hit].astype(np.int64),
+                best_skip[hit].astype(np.int64),
+            )
+
+    # the GPU compacts the survivors on the device: only they come back
+    for hit_seeds, hit_cnt, hit_skip in (
+        runner.survivor_chunks(job.seed_start, job.seed_end) if chosen == "gpu" else scan()
+    ):
+        if hit_seeds.size:
+            seeds_parts.append(hit_seeds)
+            cnt_parts.append(hit_cnt)
+            skip_parts.append(hit_skip)
     seeds = np.concatenate(seeds_parts) if seeds_parts else np.zeros(0, dtype=np.uint64)
     matches = np.concatenate(cnt_parts) if cnt_parts else np.zeros(0, dtype=np.int64)
     skips = np.concatenate(skip_parts) if skip_parts else np.zeros(0, dtype=np.int64)
-    cols = {"seeds": seeds, "match_rate": matches / float(job.window), "matches": matches,
-            "total": np.full(seeds.shape[0], job.window, dtype=np.int64), "best_skip": skips}
+    total = np.full(seeds.shape[0], job.window, dtype=np.int64)
+    extra: dict[str, Any] = {}
+    if job.direction == "bidirectional":
+        rev = reverse_counts(job, seeds, skips)
+        keep = rev >= job.reverse_need
+        extra = {
+            "forward_survivors": int(seeds.shape[0]),
+            "reverse_window": job.reverse_window,
+            "reverse_need": job.reverse_need,
+        }
+        seeds, matches, skips, rev, total = seeds[keep], matches[keep], skips[keep], rev[keep], total[keep]
+        fr, rr = matches / float(job.window), rev / float(job.reverse_window)
+        cols = {
+            "seeds": seeds,
+            "forward_match_rate": fr,
+            "reverse_match_rate": rr,
+            "score": (fr + rr) / 2,
+            "matches": matches,
+            "reverse_matches": rev,
+            "total": total,
+            "best_skip": skips,
+        }
+    else:
+        cols = {
+            "seeds": seeds,
+            "match_rate": matches / float(job.window),
+            "matches": matches,
+            "total": total,
+            "best_skip": skips,
+        }
+    seconds = time.perf_counter() - t0
     if visible is None and chosen == "gpu":
         visible = os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("HIP_VISIBLE_DEVICES")
-    return SieveResult(cols, job.seed_end - job.seed_start, seconds, chosen, device, visible)
+    return SieveResult(cols, job.seed_end - job.seed_start, seconds, chosen, device, visible, extra)
 
 
 def noise_survival_probability(k: int, need: int, m: int, n_skips: int) -> float:
     """Spec §5: P(a random seed survives) = 1 - (1 - P[Bin(k, 1/m) >= need])^n_skips."""
-    if m == 1:
+    return 1.0 - (1.0 - binomial_tail(k, need, m)) ** n_skips
+
+
+def bidirectional_survival_probability(
+    k: int, need: int, m: int, n_skips: int, k_r: int, need_r: int
+) -> float:
+    """P(a random seed survives the bidirectional mode) on random draws: it survives the
+    forward pass (spec §5) and then, at its one best skip, matches >= need_r of the k_r
+    newest draws. Those draws lie outside the forward window, so for a random seed the
+    check is a fresh Bin(k_r, 1/m), independent of the forward pass (docs/sieve.md)."""
+    return noise_survival_probability(k, need, m, n_skips) * binomial_tail(k_r, need_r, m)
+
+
+def binomial_tail(k: int, need: int, m: int) -> float:
+    """P[Bin(k, 1/m) >= need]."""
+    if m == 1 or need <= 0:
         return 1.0
     p = 1.0 / m
     tail = 0.0
     # sum the upper tail from `need` upward in log space (k up to a few thousand)
     for j in range(need, k + 1):
-        log_term = (math.lgamma(k + 1) - math.lgamma(j + 1) - math.lgamma(k - j + 1)
-                    + j * math.log(p) + (k - j) * math.log1p(-p))
+        log_term = (
+            math.lgamma(k + 1)
+            - math.lgamma(j + 1)
+            - math.lgamma(k - j + 1)
+            + j * math.log(p)
+            + (k - j) * math.log1p(-p)
+        )
         term = math.exp(log_term)
         tail += term
         if term < tail * 1e-17:
             break
-    return 1.0 - (1.0 - tail) ** n_skips
-
+    return min(1.0, tail)

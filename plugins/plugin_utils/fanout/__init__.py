@@ -3,7 +3,12 @@
 """Controller side of the fan-out: plan jobs, pull them through free GPU slots over
 ansible-runner, validate and pull outputs, journal every state so a run resumes.
 
-Modules: journal (durable job states), planner (jobs, chunk size, slots), scheduler
-(free slots pull work, retries, splits, host failures), dispatcher (one ansible-runner
-run per dispatch), progress (display + JSON file), manifest (the run's record).
+Modules: contract (inputs, parameters, settings, host variables checked before anything
+starts), planner (jobs, chunk size, slots), journal (durable job states), jobindex (jobs by
+state; the queue), hosts (a host's slots, rate, losses), scheduler (the loop: free slots pull
+batches), outcomes (what a result does: done, split, retry, stop, requeue), dispatcher (one
+batch message and its result), transport (one task and one SSH session per host, fed over a
+local socket), runner (run_play over ansible-runner), progress (display + JSON file),
+manifest (the run's record). The messages and the host agent are in module_utils
+(fanout_protocol, fanout_agent, job_runner).
 """

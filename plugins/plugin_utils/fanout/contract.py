@@ -72,11 +72,20 @@ def _path(name: str, value: Any) -> str:
     return path
 
 
+def _paths(name: str, value: Any) -> List[str]:
+    """A list of file paths (a comma-separated string from -e is split)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ContractError(f"{name}: expected a list of file paths, got {value!r}")
+    return [_path(f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
 @dataclass(frozen=True)
 class Param:
     """One plan parameter: its type, bounds, default and whether it changes results."""
 
-    kind: str  # int, float, str, path
+    kind: str  # int, float, str, path, paths
     required: bool = False
     default: Any = None
     low: float | None = None  # inclusive
@@ -91,6 +100,7 @@ class Param:
             "float": _float,
             "str": _str,
             "path": _path,
+            "paths": _paths,
         }
         out = convert[self.kind](name, value)
         if self.choices and out not in self.choices:
@@ -125,7 +135,10 @@ PARAMS: Dict[str, Dict[str, Param]] = {
     "sieve": {
         "history": Param("path", required=True),
         "family": Param("str", required=True, identity=True),
-        "direction": Param("str", default="forward", choices=("forward", "reverse"), identity=True),
+        "direction": Param(
+            "str", default="forward", choices=("forward", "bidirectional", "reversed_window"), identity=True
+        ),
+        "reverse_window": Param("int", default=0, low=0, identity=True),
         "seed_start": Param("int", required=True, low=0, high=SEED_SPACE, identity=True),
         "seed_stop": Param("int", required=True, low=1, high=SEED_SPACE + 1, identity=True),
         "chunk_size": Param("int", required=True, low=1, identity=True),
@@ -140,6 +153,7 @@ PARAMS: Dict[str, Dict[str, Param]] = {
     },
     "list": {
         "jobs_file": Param("path", required=True),
+        "files": Param("paths", default=[]),
         "python": Param("str", default="{worker_bin}/python"),
         "timeout": TIMEOUT,
     },
@@ -194,7 +208,6 @@ def check_bool(name: str, value: Any) -> bool:
 # Settings that must be >= 1 / > 0 / in (0, 1]; the rest >= 0.
 _AT_LEAST_ONE = ("max_attempts", "max_host_failures", "max_jobs_per_dispatch")
 _POSITIVE = ("target_dispatch_seconds", "poll_seconds", "progress_interval")
-TRANSPORTS = ("pool", "slot", "dispatch")
 
 
 def check_settings(raw: Any, settings_cls: Any) -> Any:
@@ -212,8 +225,6 @@ def check_settings(raw: Any, settings_cls: Any) -> Any:
         default = getattr(defaults, key)
         if isinstance(default, str):
             out: Any = _str(name, value)
-            if key == "transport" and out not in TRANSPORTS:
-                raise ContractError(f"{name}: expected one of {', '.join(TRANSPORTS)}, got {out!r}")
         elif isinstance(default, bool):
             out = check_bool(name, value)
         elif isinstance(default, int):
@@ -267,6 +278,8 @@ def check_inputs(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
             params["threshold"],
             params["seed_start"],
             params["seed_stop"],
+            params["direction"],
+            params["reverse_window"],
         )
     except input_error as exc:
         raise ContractError(str(exc).splitlines()[0] if str(exc) else "bad input") from None

@@ -3,20 +3,22 @@
 """Jobs and their durable journal on the controller.
 
 `run.json` (written once, atomically) names the run's inputs with content hashes and its
-parameters; `plan.json` holds the planned jobs; `journal.jsonl` is append-only, one
-fsynced JSON line per state change. Replaying it after Ctrl-C or a crash gives every
+parameters; `plan.json` holds the planned jobs; `journal.jsonl` is append-only, one JSON
+line per state change, fsynced before the change is acted upon (the scheduler groups the
+lines of one round under one fsync). Replaying it after Ctrl-C or a crash gives every
 job's state back, so nothing is redone or dropped (i15, i17, i22).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 STATES = ("queued", "running", "done", "failed", "split")
 
@@ -108,6 +110,8 @@ class Journal:
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, "journal.jsonl")
         self._fh: Any | None = None
+        self._held = 0  # inside grouped(): the fsync waits for the group's end
+        self._unsynced = False
 
     # -- creation / resume -------------------------------------------------------------
     def exists(self) -> bool:
@@ -202,9 +206,29 @@ class Journal:
         rec.update(data)
         self._fh.write(json.dumps(rec, sort_keys=False).encode() + b"\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._unsynced = True
+        if not self._held:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._fh is not None and self._unsynced:
+            os.fsync(self._fh.fileno())
+            self._unsynced = False
+
+    @contextlib.contextmanager
+    def grouped(self) -> Iterator[None]:
+        """Lines appended inside share one fsync at the end: the caller acts on them only
+        after the block (a round of the scheduler: its results, then its new dispatches)."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if not self._held:
+                self.sync()
 
     def close(self) -> None:
         if self._fh is not None:
+            self.sync()
             self._fh.close()
             self._fh = None

@@ -23,8 +23,8 @@ def build(header: Dict[str, Any], fan: Any, session_started: float) -> Dict[str,
     slots_total = sum(h.spec.slots for h in fan.hosts.values())
     busy = sum(h.busy_s for h in fan.hosts.values())
     dispatched_jobs = sum(d["jobs"] for d in fan.dispatch_log)
-    startup = sum(d.get("session_start_s", 0.0) for d in fan.dispatch_log)
-    sessions = sum(1 for d in fan.dispatch_log if d.get("session_start_s", 0.0) > 0)
+    startup = sum(d.get("agent_start_s", 0.0) for d in fan.dispatch_log)
+    agents = sum(1 for d in fan.dispatch_log if d.get("agent_start_s", 0.0) > 0)
     overhead = sum(d["wall_s"] - d["busy_s"] for d in fan.dispatch_log) - startup
     per_host: Dict[str, Any] = {}
     for name, h in fan.hosts.items():
@@ -65,6 +65,7 @@ def build(header: Dict[str, Any], fan: Any, session_started: float) -> Dict[str,
                     "binding": j.result.get("binding", {}),
                     "device": summary.get("device"),
                     "visible_devices": summary.get("visible_devices"),
+                    "started": j.result.get("started"),
                     "duration_s": j.duration_s,
                 }
             )
@@ -94,11 +95,11 @@ def build(header: Dict[str, Any], fan: Any, session_started: float) -> Dict[str,
             "slots": slots_total,
             "scheduling_efficiency": round(busy / (slots_total * wall), 4) if slots_total else None,
             "dispatches": len(fan.dispatch_log),
-            # controller + SSH time per job beyond the worker's own run time, slot
-            # session start-ups counted apart (paid once per slot)
+            # controller + SSH time per job beyond the worker's own run time, the hosts'
+            # agent start-ups counted apart (paid once per host)
             "dispatch_overhead_per_job_s": round(overhead / dispatched_jobs, 3) if dispatched_jobs else None,
-            "slot_sessions_started": sessions,
-            "session_start_s_mean": round(startup / sessions, 3) if sessions else None,
+            "agents_started": agents,
+            "agent_start_s_mean": round(startup / agents, 3) if agents else None,
         },
         "failures": fan.failures,
         "unfinished": [{"job": j.id, "state": j.state, "reason": j.reason, "range": j.range} for j in failed],

@@ -16,12 +16,12 @@ def snapshot(fan: Any) -> Dict[str, Any]:
     now = time.time()
     elapsed = max(1e-6, now - fan.started)
     counts = fan.counts()
-    live_jobs = [j for j in fan.jobs.values() if j.state != "split"]
-    units_total = sum(j.units for j in live_jobs)
-    units_done = sum(j.units for j in live_jobs if j.state == "done")
+    units = fan.index.units  # kept per state as jobs change: no walk over every job
+    units_total = sum(units.values()) - units["split"]
+    units_done = units["done"]
     units_this_run = sum(h.units_done for h in fan.hosts.values())
     rate = units_this_run / elapsed
-    remaining = units_total - units_done - sum(j.units for j in live_jobs if j.state == "failed")
+    remaining = units_total - units_done - units["failed"]
     hosts = {}
     for name, h in fan.hosts.items():
         hosts[name] = {

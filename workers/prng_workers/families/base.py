@@ -111,5 +111,16 @@ class Family:
     def draws(self, seeds: Any, count: int, m: int, skip: Any = 0, offset: int = 0) -> np.ndarray:
         raise NotImplementedError
 
+    def draws_backward(self, seeds: Any, count: int, m: int, skip: int, last_call: int) -> np.ndarray:
+        """Newest first: column i is the output of call `last_call - i*(skip+1)`, mod m.
+
+        The bidirectional sieve's reverse check (docs/sieve.md). This default regenerates
+        the stream forward and reads it backwards; families with an invertible step
+        (the affine ones) walk back from the newest state instead."""
+        first = int(last_call) - int(count) * (int(skip) + 1)
+        if first < 0:
+            raise InputError(f"call {last_call} is too early for {count} draws at skip {skip}")
+        return self.draws(seeds, count, m, int(skip), first)[:, ::-1].copy()
+
     def __repr__(self) -> str:
         return f"<family {self.name}>"

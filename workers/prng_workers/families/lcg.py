@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from prng_workers.errors import InputError
 from prng_workers.families.base import (
     MASK32,
     MASK48,
@@ -74,8 +75,15 @@ class Affine:
             k >>= 1
         return A, C
 
-    def states_at(self, x0: np.ndarray, skip: np.ndarray, count: int, first: int) -> Iterator[
-            tuple[int, np.ndarray]]:
+    def inverse_int(self, a: int, c: int) -> tuple[int, int]:
+        """Constants of the inverse of x -> a*x + c: x = a^-1 * y - a^-1 * c (a is odd for the
+        power-of-two moduli and non-zero mod the prime 2^31-1, so a^-1 exists)."""
+        inv = pow(a % self.mod, -1, self.mod)
+        return inv, (-inv * c) % self.mod
+
+    def states_at(
+        self, x0: np.ndarray, skip: np.ndarray, count: int, first: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (i0, X) blocks: X[:, j] = T^(first + (i0+j+1)(s+1))(x0), s = per-seed skip.
 
         `first` is the offset (offset-1 when the output is read before the step)."""
@@ -143,7 +151,27 @@ class AffineFamily(Family):
         first = int(offset) - (1 if self.output_before_step else 0)
         mm = np.uint64(m)
         for i0, X in self.lcg.states_at(self.init_np(s), sk, count, first):
-            out[:, i0:i0 + X.shape[1]] = self.out_np(X) % mm
+            out[:, i0 : i0 + X.shape[1]] = self.out_np(X) % mm
+        return out
+
+    def draws_backward(self, seeds: Any, count: int, m: int, skip: int, last_call: int) -> np.ndarray:
+        """Newest first (see Family.draws_backward): one jump to the state of `last_call`,
+        then each older draw is one step back with the modular inverse of T^(skip+1)."""
+        check_params(count, m, 0, self.max_mod)
+        stride = int(skip) + 1
+        if int(skip) < 0 or int(last_call) - (int(count) - 1) * stride < 1:
+            raise InputError(f"call {last_call} is too early for {count} draws at skip {skip}")
+        s = as_seed_array(seeds)
+        out = np.empty((s.size, count), dtype=np.int64)
+        if s.size == 0 or count == 0:
+            return out
+        a, c = self.lcg.jump_int(int(last_call) - (1 if self.output_before_step else 0))
+        x = self.lcg.add(self.lcg.mul(np.uint64(a), self.init_np(s)), np.uint64(c))
+        ia, ic = self.lcg.inverse_int(*self.lcg.jump_int(stride))
+        ia_u, ic_u, mm = np.uint64(ia), np.uint64(ic), np.uint64(m)
+        for i in range(count):
+            out[:, i] = self.out_np(x) % mm
+            x = self.lcg.add(self.lcg.mul(ia_u, x), ic_u)
         return out
 
 

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_mod(cols, args.mod, args.survivors)
     skips = _skips(cols, int(seeds.size), args.survivors)
     n_draws = int(train.size + holdout.size)
-    bsz = engine.batch_size(backend.name, n_draws, args.memory_budget_mb, args.batch_seeds)
+    bsz = engine.batch_size(backend, n_draws, args.memory_budget_mb, args.batch_seeds)
     scores = engine.score_chunk(family, seeds, skips, train, holdout, args.mod, backend, bsz)
     vis = engine.visible_devices()
     host = socket.gethostname()

@@ -3,7 +3,9 @@
 A sub-batch of B seeds needs the draws [B, n + nh] (int64 from the family) and the
 feature temporaries (int16 draws, float64 centred series, FFT, cusum). B is chosen so
 that B * (n + nh) * bytes_per_seed_draw stays under a memory budget, so a worker's peak
-RSS does not grow with the chunk size, only (slowly) with the history length.
+RSS does not grow with the chunk size, only (slowly) with the history length. The torch
+backend makes the draws itself, on its device (`torch_draws`: int16 for m <= 2^15, straight
+into a device tensor), and on a GPU sizes B from the device's free memory.
 
 Holdout draw j is draw len(train) + j of the same stream (i8): one call to
 `family.draws(seeds, n + nh, ...)` and a split at column n. (With skip s that is raw
@@ -25,6 +27,7 @@ from prng_workers.scoring import features
 # an estimate used only to size sub-batches; real peaks are measured by prng-memory-model.
 BYTES_PER_SEED_DRAW = {"numpy": 48, "torch": 72}
 DEFAULT_BUDGET_MB = 64
+DEVICE_MEMORY_SHARE = 0.5  # torch on a GPU: the part of the free device memory one sub-batch may use
 
 
 class Backend(Protocol):
@@ -74,10 +77,26 @@ class TorchBackend:
     def score(self, draws: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        t = torch.from_numpy(draws).to(self.dev)
+        return self.score_draws(torch.from_numpy(draws).to(self.dev), n)
+
+    def device_draws(self, family: Any, seeds: np.ndarray, skips: np.ndarray, count: int, m: int) -> Any:
+        """A sub-batch's draws made on the device by torch ops (`torch_draws`), int16 for m <= 2^15."""
+        from prng_workers.scoring import torch_draws
+
+        return torch_draws.draws(family.name, seeds, count, m, skips, 0, self.dev)
+
+    def score_draws(self, t: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         f = self.tb.train_features(t[:, :n], self.train)
         g = self.tb.holdout_features(t[:, n:], self.holdout)
         return f.cpu().numpy(), g.cpu().numpy()
+
+    def device_batch_seeds(self, n_draws: int) -> int | None:
+        """On a GPU: seeds per sub-batch from the device's free memory (half of it, at
+        BYTES_PER_SEED_DRAW["torch"] per seed-draw); None on the CPU (the memory budget rules)."""
+        if self.dev.type == "cpu":
+            return None
+        free, _total = self.tb.torch.cuda.mem_get_info(self.dev)
+        return max(1, int(free * DEVICE_MEMORY_SHARE // (BYTES_PER_SEED_DRAW["torch"] * max(1, n_draws))))
 
 
 def visible_devices() -> str | None:
@@ -116,12 +135,18 @@ def make_backend(backend: str, device: str | None, threads: int | None = 1) -> B
     raise InputError(f"unknown backend {backend!r} (auto, numpy or torch)")
 
 
-def batch_size(backend: str, n_draws: int, budget_mb: float, override: int | None = None) -> int:
+def batch_size(backend: str | Backend, n_draws: int, budget_mb: float, override: int | None = None) -> int:
+    """Seeds per sub-batch: `override`, else from the GPU's free memory (torch on a GPU), else
+    from the host memory budget. `backend` is a Backend or its name."""
     if override is not None:
         if override < 1:
             raise InputError("--batch-seeds must be >= 1")
         return override
-    return max(1, int(budget_mb * 2**20 // (BYTES_PER_SEED_DRAW[backend] * max(1, n_draws))))
+    on_device = getattr(backend, "device_batch_seeds", None)
+    if on_device is not None and (b := on_device(n_draws)) is not None:
+        return b
+    name = backend if isinstance(backend, str) else backend.name
+    return max(1, int(budget_mb * 2**20 // (BYTES_PER_SEED_DRAW[name] * max(1, n_draws))))
 
 
 @dataclass
@@ -141,8 +166,14 @@ def score_chunk(family: Any, seeds: np.ndarray, skips: np.ndarray, train: np.nda
     count = int(seeds.size)
     out_f = np.empty((count, len(features.TRAIN_FEATURES)), dtype=np.float64)
     out_h = np.empty((count, len(features.HOLDOUT_FEATURES)), dtype=np.float64)
+    on_device = getattr(backend, "device_draws", None)  # torch: the draws are made on its device
     for lo in range(0, count, batch_seeds):
         hi = min(count, lo + batch_seeds)
+        if on_device is not None:
+            t = on_device(family, seeds[lo:hi], skips[lo:hi], n + nh, m)
+            out_f[lo:hi], out_h[lo:hi] = backend.score_draws(t, n)
+            del t
+            continue
         draws = family.draws(seeds[lo:hi], n + nh, m, skip=skips[lo:hi])
         out_f[lo:hi], out_h[lo:hi] = backend.score(draws, n)
         del draws

@@ -82,8 +82,8 @@ def _rate(mask: torch.Tensor) -> torch.Tensor:
 
 def _popcount(p: torch.Tensor, lut: torch.Tensor | None) -> torch.Tensor:
     if lut is not None:
-        return lut[p]
-    v = p.clone()  # SWAR popcount for large moduli
+        return lut[p if p.dtype in (torch.int32, torch.int64) else p.int()]  # int16 draws index as int32
+    v = p.to(torch.int64, copy=True)  # SWAR popcount for large moduli
     v = v - ((v >> 1) & 0x5555555555555555)
     v = (v & 0x3333333333333333) + ((v >> 2) & 0x3333333333333333)
     v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0F
@@ -103,7 +103,7 @@ def _kl_coh(counts: torch.Tensor, n: int, log_q: torch.Tensor) -> tuple[torch.Te
 
 
 def train_features(p: torch.Tensor, th: TorchHistory) -> torch.Tensor:
-    """p [B, n] int64 on the device -> [B, len(TRAIN_FEATURES)] float64 on the device."""
+    """p [B, n] int16/int32/int64 on the device -> [B, len(TRAIN_FEATURES)] float64 on the device."""
     h = th.h
     b, n = p.shape
     out = torch.empty((b, len(TRAIN_FEATURES)), dtype=torch.float64, device=p.device)

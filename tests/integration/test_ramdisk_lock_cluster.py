@@ -1,0 +1,164 @@
+"""The ramdisk in-use lock on the SSH test cluster (real hosts, real /dev/shm, real
+transfers): a run's lease makes a standalone preload and a clear refuse, naming the run,
+with the step's files untouched; two preloads of one step at once end with one
+consistent manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+
+def step_files(c: Cluster, host: str, step: str) -> dict[str, tuple[int, bytes]]:
+    d = c.hosts[host].shm / "prng" / step
+    return {p.name: (p.stat().st_ino, p.read_bytes()) for p in d.iterdir()} if d.is_dir() else {}
+
+
+def fatal_messages(res: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """{host: msg} of the failed tasks (json result format)."""
+    out = {}
+    for line in res.stdout.splitlines():
+        if line.startswith("fatal: [") and "=> {" in line:
+            out[line[len("fatal: [") : line.index("]")]] = json.loads(line.split("=> ", 1)[1])["msg"]
+    return out
+
+
+def write_sources(folder: Path, seed: int) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rnd = __import__("random").Random(seed)
+    files = {
+        "survivors.npz": rnd.randbytes(5_000_000),
+        "train_history.json": json.dumps([seed] * 5000).encode(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {n: folder / n for n in files}
+
+
+def preload_vars(step: str, srcs: dict[str, Path], **extra: object) -> dict[str, object]:
+    return {"ramdisk_step": step, "ramdisk_files": [str(p) for p in srcs.values()], **extra}
+
+
+JSON = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
+
+
+def test_standalone_preload_and_clear_refuse_while_a_run_holds_the_step(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    c = make_cluster(2, shm_mb=64)
+    step3 = write_sources(tmp_path / "step3", 3)
+    # Run R's preload (orchestrated, as the step playbooks do) takes its lease on both hosts.
+    res = c.playbook(
+        "playbooks/ramdisk_preload.yml",
+        extra_vars=preload_vars(
+            "step3", step3, ramdisk_run_id="20240610-140211-ab12cd", ramdisk_orchestrated=True
+        ),
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    before = {h: step_files(c, h, "step3") for h in c.hosts}
+    assert all(".lease-20240610-140211-ab12cd.json" in files for files in before.values())
+
+    # While R runs: a standalone preload of Step 1 (which clears the other steps first) refuses
+    # on every host and names R; Step 3's files are untouched, Step 1 is not loaded.
+    step1 = write_sources(tmp_path / "step1", 1)
+    res = c.playbook("playbooks/ramdisk_preload.yml", extra_vars=preload_vars("step1", step1), **JSON)
+    assert res.returncode != 0
+    msgs = fatal_messages(res)
+    assert sorted(msgs) == sorted(c.hosts), res.stdout[-3000:]
+    for msg in msgs.values():
+        assert msg.startswith("refusing to preload step1 (standalone: it removes the other steps): ")
+        assert "step step3 is in use by run 20240610-140211-ab12cd" in msg and "nothing removed" in msg
+    assert {h: step_files(c, h, "step3") for h in c.hosts} == before
+    assert all(step_files(c, h, "step1") == {} for h in c.hosts)
+
+    # A clear refuses the same way, and says so in its last line.
+    res = c.playbook("playbooks/ramdisk_clear.yml", **JSON)
+    assert res.returncode != 0
+    assert all("in use by run 20240610-140211-ab12cd" in m for m in fatal_messages(res).values())
+    assert {h: step_files(c, h, "step3") for h in c.hosts} == before
+
+    # R ends: its end-of-step policy gives the lease back and clears the step.
+    res = c.ansible(
+        "all",
+        "-m",
+        "prng.cluster.ramdisk",
+        "-a",
+        "state=release step=step3 run_id=20240610-140211-ab12cd clear_unused=true",
+    )
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert all(step_files(c, h, "step3") == {} for h in c.hosts)
+    res = c.playbook("playbooks/ramdisk_preload.yml", extra_vars=preload_vars("step1", step1))
+    assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_a_crashed_runs_lease_ends_by_itself(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    c = make_cluster(1, shm_mb=64)
+    step3 = write_sources(tmp_path / "step3", 3)
+    res = c.playbook(
+        "playbooks/ramdisk_preload.yml",
+        extra_vars=preload_vars("step3", step3, ramdisk_run_id="crashed", ramdisk_lease_seconds=20),
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert c.playbook("playbooks/ramdisk_clear.yml").returncode != 0  # held
+    lease = c.hosts["node1"].shm / "prng" / "step3" / ".lease-crashed.json"
+    time.sleep(
+        max(0.0, lease.stat().st_mtime + 20.5 - time.time())
+    )  # nobody renews it: the controller is gone
+    res = c.playbook("playbooks/ramdisk_clear.yml")
+    assert res.returncode == 0 and step_files(c, "node1", "step3") == {}, res.stdout[-2000:]
+
+
+def test_two_concurrent_preloads_of_one_step_end_with_one_consistent_manifest(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    c = make_cluster(1, shm_mb=64)
+    c.throttle("node1", 16)  # ~2.5 s per load: the second one starts while the first copies
+    a = write_sources(tmp_path / "a", 10)
+    b = write_sources(tmp_path / "b", 20)
+    step = c.hosts["node1"].shm / "prng" / "step3"
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def run(name: str, srcs: dict[str, Path]) -> None:
+        results[name] = c.playbook("playbooks/ramdisk_preload.yml", extra_vars=preload_vars("step3", srcs))
+
+    first = threading.Thread(target=run, args=("a", a))
+    first.start()
+    deadline = time.monotonic() + 60
+    while not (step.is_dir() and any(p.stat().st_size > 0 for p in step.glob(".incoming-*"))):
+        assert time.monotonic() < deadline, "the first preload never started copying"
+        time.sleep(0.01)
+    second = threading.Thread(target=run, args=("b", b))
+    second.start()
+    first.join()
+    second.join()
+    for name, res in results.items():
+        assert res.returncode == 0, (name, res.stdout[-3000:])
+    c.unthrottle("node1")
+
+    names = sorted(p.name for p in step.iterdir())
+    assert names == [".manifest.json", "survivors.npz", "train_history.json"]  # no half copies, no claim
+    manifest = json.loads((step / ".manifest.json").read_text())
+    on_host = {
+        n: hashlib.sha256((step / n).read_bytes()).hexdigest()
+        for n in ("survivors.npz", "train_history.json")
+    }
+    assert {f["name"]: f["sha256"] for f in manifest["files"]} == on_host
+    # one whole load, the later one's: never a mix of the two
+    digests = {
+        k: {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in v.items()}
+        for k, v in (("a", a), ("b", b))
+    }
+    assert on_host == digests["b"]
+    assert os.path.getsize(step / "survivors.npz") == 5_000_000
