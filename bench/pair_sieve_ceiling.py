@@ -106,6 +106,64 @@ def _micro(kind: str):
 
 OPS_PER_ITER = {"alu": 2 * CHAINS, "mul": CHAINS, "ifma": CHAINS, "shift": CHAINS}
 
+MIX_VECS = 8  # vectors of seeds per mix loop iteration, as in the kernels
+
+
+def _mix_loop(family: int, variant: int):
+    """The draw-test mix alone: the kernel's own output / compare / step IR on MIX_VECS vectors
+    of seeds, with a constant residue and no memory or loop bookkeeping. Its rate is the
+    practical ceiling of that mix on this core (port contention included)."""
+    vt = ir.VectorType(ir.IntType(64), 8)
+    ifma = bool(variant & cpu.IFMA)
+
+    @intrinsic
+    def loop(typingctx, iters, opaque):
+        def codegen(context, builder, sig, args):
+            xs = [cgutils.alloca_once(builder, vt) for _ in range(MIX_VECS)]
+            cs = [cgutils.alloca_once(builder, vt) for _ in range(MIX_VECS)]
+            for v in range(MIX_VECS):
+                builder.store(cpu._vconst(vt, (0x123456789 * (v + 1)) & 0x7FFFFFFF), xs[v])
+                builder.store(cpu._vconst(vt, 0), cs[v])
+            big = -(-(1 << 52) // 1000) if ifma else -(-(1 << 64) // 1000)
+            mc, lim = cpu._vconst(vt, big), cpu._vconst(vt, 1 << 32)
+            rv = cpu._vconst(vt, (-7 * big) % (1 << 64) if ifma else (7 * big) % (1 << 64))
+            a, c = cpu._vconst(vt, 0x5DEECE66D), cpu._vconst(vt, 0xB)
+            m1 = cpu._splat(builder, args[1], vt)  # an opaque -1, as in the kernel
+            madd = cpu._intrinsic_fn(builder, "llvm.x86.avx512.vpmadd52l.uq.512", vt, [vt, vt, vt])
+            with cgutils.for_range(builder, args[0]):
+                for v in range(MIX_VECS):
+                    x = builder.load(xs[v])
+                    out = cpu._affine_out_ir(builder, family, x, vt)
+                    if ifma:
+                        hit = builder.icmp_unsigned("<", builder.call(madd, [rv, out, mc]), lim)
+                    else:
+                        hit = builder.icmp_unsigned("<", builder.sub(builder.mul(out, mc), rv), lim)
+                    cv = builder.load(cs[v])
+                    builder.store(builder.select(hit, builder.sub(cv, m1), cv), cs[v])
+                    builder.store(cpu._affine_step_ir(builder, family, variant, x, a, c, vt), xs[v])
+            acc = builder.load(cs[0])
+            for v in range(MIX_VECS):
+                acc = builder.xor(acc, builder.xor(builder.load(cs[v]), builder.load(xs[v])))
+            return builder.extract_element(acc, ir.Constant(ir.IntType(32), 0))
+
+        return types.int64(iters, opaque), codegen
+
+    @njit
+    def run(iters):
+        return loop(iters, -1)
+
+    return run
+
+
+def mix_rate(fn, iters: int) -> float:
+    """Draw-tests per CPU-second of a mix loop (best of 3)."""
+    best = 0.0
+    for _ in range(3):
+        t0 = time.process_time()
+        fn(iters)
+        best = max(best, MIX_VECS * 8 * iters / max(time.process_time() - t0, 1e-9))
+    return best
+
 
 def calibrate(kernels: dict, iters: int) -> dict[str, float]:
     """Vector ops per CPU-second of one core, per class (best of 3)."""
@@ -223,15 +281,20 @@ def main() -> int:
         cpu.sieve_range(fam, 0, 128, r, 1000, 0, 0, 20, 6, variant)  # compile / load
     load0 = os.getloadavg()
     uptime0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    fam_ids = {"java_lcg": 0, "minstd": 1, "lcg32": 2, "pcg32": 3}
+    mixes = {f: _mix_loop(fam_ids[f], variant) for f in args.families}
+    for fn in mixes.values():
+        fn(10)
     cal, runs = [], {f: [] for f in args.families}
     for _ in range(args.rounds):
         cal.append(calibrate(micro, args.iters))
+        cal[-1] |= {f"mix_{f}": mix_rate(fn, args.iters // 4) for f, fn in mixes.items()}
         print(json.dumps({"calibration_ops_per_cpu_s": cal[-1]}), flush=True)
         for fam in args.families:
             per_cpu, per_wall = kernel_rate(fam, args.seeds, r, variant)
             runs[fam].append({"draw_tests_per_cpu_s": per_cpu, "draw_tests_per_s": per_wall})
             print(json.dumps({"family": fam, "variant": variant, **runs[fam][-1]}), flush=True)
-    rates = {k: statistics.median(c[k] for c in cal) for k in kinds}
+    rates = {k: statistics.median(c[k] for c in cal) for k in cal[0]}
     rows = []
     for fam in args.families:
         ifma = bool(variant & cpu.IFMA)
@@ -247,9 +310,11 @@ def main() -> int:
                 "ifma": ifma,
                 "min_mix_per_8": mix,
                 "ceiling_per_core": top,
+                "mix_loop_per_core": rates[f"mix_{fam}"],
                 "measured_per_cpu_s": got,
                 "measured_per_s_wall": wall,
                 "fraction_of_ceiling": got / top,
+                "fraction_of_mix_loop": got / rates[f"mix_{fam}"],
                 "own_loop": own,
                 "own_mix_ceiling_per_core": own_top,
             }
@@ -268,18 +333,16 @@ def main() -> int:
     }
     print(json.dumps(report, indent=1))
     print(
-        "\n| family | min mix / 8 tests (ops, mul, shift) | ceiling / core | measured / CPU-s | "
-        "fraction | own loop: vec instr / 8 tests |"
+        "\n| family | min mix / 8 tests (ops, mul, shift) | model ceiling / core | mix loop / core | "
+        "kernel / CPU-s | x model | x mix loop | own loop: vec instr / 8 tests |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for x in rows:
-        own = x["own_loop"].get("per_8_draw_tests")
+        own = x["own_loop"].get("per_8_draw_tests") or float("nan")
         print(
             f"| {x['family']}{' (IFMA)' if x['ifma'] else ''} | {x['min_mix_per_8']} | "
-            f"{x['ceiling_per_core']:.3g} | {x['measured_per_cpu_s']:.3g} | {x['fraction_of_ceiling']:.2f} | "
-            f"{own:.1f} |"
-            if own
-            else "| - |"
+            f"{x['ceiling_per_core']:.3g} | {x['mix_loop_per_core']:.3g} | {x['measured_per_cpu_s']:.3g} | "
+            f"{x['fraction_of_ceiling']:.2f} | {x['fraction_of_mix_loop']:.2f} | {own:.1f} |"
         )
     if args.json_out:
         with open(args.json_out, "w") as fh:
