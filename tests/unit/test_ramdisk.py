@@ -182,7 +182,7 @@ def test_i12_bad_copy_leaves_no_sentinel(root: Path, sources: dict[str, Path], f
     staged = {"survivors.npz": rd.staged_path(plan["path"], "survivors.npz")}
     payload = sources["survivors.npz"].read_bytes()
     if fault == "corrupt":
-        Path(staged["survivors.npz"]).write_bytes(b"\0" + payload[1:])
+        Path(staged["survivors.npz"]).write_bytes(bytes([payload[0] ^ 0xFF]) + payload[1:])  # always differs
     elif fault == "truncated":
         Path(staged["survivors.npz"]).write_bytes(payload[:1000])
     message = {
