@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test system-deps lint
+.PHONY: setup demo test system-deps lint ansible-test-units
 setup: $(STAMP)
 
 $(STAMP): requirements.txt workers/pyproject.toml
@@ -21,3 +21,7 @@ system-deps:
 
 test: setup system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/run-tests.sh
+
+# The plugin tests (tests/unit/plugins) under `ansible-test units`; `make test` runs them through pytest.
+ansible-test-units: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/ansible-test-units.sh

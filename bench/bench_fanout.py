@@ -13,7 +13,10 @@ test cluster, see docs/testcluster.md):
       ControlMaster connection) and pulls each output with scp;
   (c) the demo `ansible-playbook playbooks/step3.yml` wall time on the local inventory.
 
-    sudo .venv/bin/python bench/bench_fanout.py [--jobs 36] [--seed 7] [--skip-demo]
+    sudo .venv/bin/python bench/bench_fanout.py [--jobs 36] [--seed 7] [--skip-demo] [--skip-ssh-loop]
+        [--keep DIR]
+
+Short jobs (issue 12: 200 jobs of 0.5-2 s): `--jobs 200 --min-seeds 2 --max-seeds 8`.
 
 Prints one JSON object; copy the figures into docs/benchmarks.md with the date, the
 machine and its load (`uptime`).
@@ -26,6 +29,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,11 +67,11 @@ def jobs_file(jobs: list[dict[str, Any]], path: Path) -> None:
     path.write_text(json.dumps({"jobs": spec}))
 
 
-def run_fanout(c: Cluster, jobs: Path, run_dir: Path) -> dict[str, Any]:
+def run_fanout(c: Cluster, jobs: Path, run_dir: Path, settings: dict[str, Any] | None = None) -> dict:
     t0 = time.time()
     proc = c.playbook("playbooks/run_jobs.yml", timeout=1200, extra_vars={
         "jobs_file": str(jobs), "run_dir": str(run_dir),
-        "fanout_settings": {"progress_interval": 30}})
+        "fanout_settings": {"progress_interval": 30, **(settings or {})}})
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"fan-out run failed:\n{proc.stdout[-3000:]}")
@@ -151,6 +155,12 @@ def main() -> int:
     ap.add_argument("--min-seeds", type=int, default=20, help="shortest job in seeds (x 0.25 s)")
     ap.add_argument("--max-seeds", type=int, default=100, help="longest job in seeds (x 0.25 s)")
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--skip-ssh-loop", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="copy the fan-out run's manifest and journal here")
+    ap.add_argument("--ab-settings", metavar="JSON",
+                    help="also run the fan-out with these scheduler settings (side A), interleaved A, B "
+                         "with the defaults (B) for --rounds rounds, e.g. '{\"fair_share_fraction\": 1.0}'")
+    ap.add_argument("--rounds", type=int, default=1, help="with --ab-settings: A, B pairs")
     a = ap.parse_args()
     jobs = make_jobs(a.jobs, a.seed, a.min_seeds, a.max_seeds)
     result: dict[str, Any] = {
@@ -164,8 +174,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmpdir, Cluster(hosts) as c:
         tmp = Path(tmpdir)
         jobs_file(jobs, tmp / "jobs.json")
+        if a.ab_settings:
+            ab: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+            for r in range(a.rounds):
+                for side, settings in (("A", json.loads(a.ab_settings)), ("B", {})):
+                    ab[side].append({"load_before": os.getloadavg(),
+                                     **run_fanout(c, tmp / "jobs.json", tmp / f"run-{side}{r}", settings)})
+                    print(json.dumps({"side": side, "round": r, **ab[side][-1]}), flush=True)
+            result["ab"] = {"A_settings": json.loads(a.ab_settings), **ab}
         result["fanout"] = run_fanout(c, tmp / "jobs.json", tmp / "run")
-        result["ssh_loop"] = run_ssh_loop(c, jobs, {"a": 2, "b": 3, "c": 1}, tmp / "sshloop")
+        if a.keep:
+            Path(a.keep).mkdir(parents=True, exist_ok=True)
+            for f in (tmp / "run").iterdir():
+                if f.is_file():
+                    shutil.copy(f, Path(a.keep) / f.name)
+        if not a.skip_ssh_loop:
+            result["ssh_loop"] = run_ssh_loop(c, jobs, {"a": 2, "b": 3, "c": 1}, tmp / "sshloop")
         if not a.skip_demo:
             result["demo_step3"] = run_demo(tmp)
     result["load_after"] = os.getloadavg()

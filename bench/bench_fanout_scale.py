@@ -164,26 +164,18 @@ class Sampler(threading.Thread):
 
 def run_once(c: Cluster, tree: Path, jobs: Path, run_dir: Path, label: str) -> dict[str, Any]:
     assert c.tmpdir is not None and c.inventory is not None
-    env = c.env()
-    env["ANSIBLE_CONFIG"] = str(tree / "ansible.cfg")
     ev = {"jobs_file": str(jobs), "run_dir": str(run_dir), "fanout_settings": {"progress_interval": 60}}
-    argv = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        "-i",
-        str(c.inventory),
-        "playbooks/run_jobs.yml",
-        "-e",
-        json.dumps(ev),
-    ]
     load = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    proc = subprocess.Popen(
-        argv, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    log = run_dir.with_suffix(".log")
+    proc = c.playbook_popen(
+        "playbooks/run_jobs.yml", log, ev, cwd=tree, ANSIBLE_CONFIG=str(tree / "ansible.cfg")
     )
     sampler = Sampler(proc.pid, f"{c.tmpdir}/cp/", {h.address for h in c.hosts.values()})
     sampler.start()
-    out, _ = proc.communicate(timeout=1800)
+    proc.wait(1800)
+    out = log.read_text()
     wall = time.time() - t0
     sampler.stop.set()
     sampler.join()

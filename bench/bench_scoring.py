@@ -14,6 +14,8 @@ output says so. Figures go into docs/benchmarks.md (## Step 3 scoring).
 Before/after on the CPU (`--before REV --no-torch --repeats N`): the NumPy worker also runs with
 scoring/features.py of git revision REV in a copy of the work tree's package (everything else
 unchanged), alternating before, after, before, after; medians and their ratio are reported.
+With `--before-package` the whole worker package of REV is the "before" side (families' draws,
+JSON output and features together).
 """
 
 from __future__ import annotations
@@ -48,10 +50,17 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _before_tree(rev: str, dest: Path) -> Path:
-    """The work tree's worker package with scoring/features.py taken from git revision `rev`."""
+def _before_tree(rev: str, dest: Path, whole: bool = False) -> Path:
+    """The work tree's worker package with scoring/features.py taken from git revision `rev`
+    (`whole`: the whole worker package of `rev`)."""
     root = Path(__file__).resolve().parent.parent
     pkg = dest / "prng_workers"
+    if whole:
+        dest.mkdir(parents=True, exist_ok=True)
+        tar = subprocess.run(["git", "-C", str(root), "archive", rev, "workers/prng_workers"],
+                             check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest), "--strip-components=1"], input=tar, check=True)
+        return dest
     shutil.copytree(root / "workers" / "prng_workers", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     spec = f"{rev}:workers/prng_workers/scoring/features.py"
     old = subprocess.run(["git", "-C", str(root), "show", spec], check=True, capture_output=True).stdout
@@ -61,7 +70,8 @@ def _before_tree(rev: str, dest: Path) -> Path:
 
 def _before_after(args: argparse.Namespace, d: Path) -> dict:
     """NumPy worker runs, before (features.py of --before) and after (the work tree), interleaved."""
-    before_env = dict(os.environ, PYTHONPATH=str(_before_tree(args.before, d / "before")))
+    before = _before_tree(args.before, d / "before", args.before_package)
+    before_env = dict(os.environ, PYTHONPATH=str(before))
     runs: dict[str, list[dict]] = {"before": [], "after": []}
     for _ in range(max(1, args.repeats)):
         for side, env in (("before", before_env), ("after", None)):
@@ -69,14 +79,18 @@ def _before_after(args: argparse.Namespace, d: Path) -> dict:
                                "numpy", None, d / f"out-{side}.{args.out_format}")
             r = measure_once(argv, env)
             runs[side].append({"seeds_per_s": r["summary"]["seeds_per_s"], "seconds": r["summary"]["seconds"],
-                               "process_wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
+                               "process_wall_s": r["wall_s"], "process_cpu_s": r["cpu_s"],
+                               "peak_rss_mb": r["peak_rss_mb"],
                                "device": r["summary"]["device"], "batch_seeds": r["summary"]["batch_seeds"],
                                "seeds_per_s_incl_startup": round(args.chunk / r["wall_s"], 2)})
             print(json.dumps({"side": side, **runs[side][-1]}), flush=True)
     med = {k: statistics.median(x["seeds_per_s"] for x in v) for k, v in runs.items()}
+    # the whole child's CPU time (interpreter start and imports included): steadier under load
+    cpu = {k: statistics.median(x["process_cpu_s"] for x in v) for k, v in runs.items()}
     rss = {k: max(x["peak_rss_mb"] for x in v) for k, v in runs.items()}
     return {"rev": args.before, "runs": runs, "median_seeds_per_s": med, "max_peak_rss_mb": rss,
             "ratio_after_over_before": med["after"] / med["before"],
+            "median_process_cpu_s": cpu, "ratio_process_cpu_before_over_after": cpu["before"] / cpu["after"],
             "after_best": max(runs["after"], key=lambda x: x["seeds_per_s"])}
 
 
@@ -94,6 +108,8 @@ def main() -> int:
     ap.add_argument("--out-format", choices=("json", "npz"), default="json", help="the worker's output file")
     ap.add_argument("--before", metavar="REV",
                     help="also run the NumPy worker with scoring/features.py of this revision, interleaved")
+    ap.add_argument("--before-package", action="store_true",
+                    help="with --before: the whole worker package of that revision (draws, output too)")
     args = ap.parse_args()
 
     rng = np.random.default_rng(2026)

@@ -11,8 +11,8 @@ and a Markdown table for docs/benchmarks.md. A backend that cannot run here (no 
 reported as skipped with the reason, never estimated.
 
 Before/after of the cpu backend (`--before REV --rounds N`): the same cases run in child
-processes, alternately with backends/cpu.py of git revision REV in a copy of the work tree's
-package (everything else unchanged) and with the work tree, N rounds; medians and the ratio.
+processes, alternately with backends/cpu.py and sieve.py of git revision REV in a copy of the
+work tree's package (everything else unchanged) and with the work tree, N rounds; medians and the ratio.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def timed(job: SieveJob, backend: str) -> tuple[float, float, int]:
 
 
 def before_after(args: argparse.Namespace) -> int:
-    """Alternate child runs of this script: cpu.py of --before REV, then the work tree."""
+    """Alternate child runs of this script: cpu.py + sieve.py of --before REV, then the work tree."""
     import shutil
     import statistics
     import subprocess
@@ -70,9 +70,10 @@ def before_after(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sieve-") as tmp:
         pkg = Path(tmp) / "prng_workers"
         shutil.copytree(root / "workers" / "prng_workers", pkg, ignore=shutil.ignore_patterns("__pycache__"))
-        spec = f"{args.before}:workers/prng_workers/backends/cpu.py"
-        old = subprocess.run(["git", "-C", str(root), "show", spec], check=True, capture_output=True).stdout
-        (pkg / "backends" / "cpu.py").write_bytes(old)
+        for rel in ("backends/cpu.py", "sieve.py"):  # the kernels and the loop that calls them
+            spec = f"{args.before}:workers/prng_workers/{rel}"
+            old = subprocess.run(["git", "-C", str(root), "show", spec], check=True, capture_output=True)
+            (pkg / rel).write_bytes(old.stdout)
         envs = {"before": dict(os.environ, PYTHONPATH=tmp, NUMBA_CACHE_DIR=str(Path(tmp) / "nc")),
                 "after": dict(os.environ)}
         load0 = os.getloadavg()
@@ -111,7 +112,8 @@ def main() -> int:
     ap.add_argument("--json-out")
     ap.add_argument("--cpu-variant", choices=("fast", "portable", "512", "512+ifma"), default="fast",
                     help="the cpu backend's explicit-SIMD kernel code (default: the fastest on this CPU)")
-    ap.add_argument("--before", metavar="REV", help="before/after: backends/cpu.py of REV vs the work tree")
+    ap.add_argument("--before", metavar="REV",
+                    help="before/after: backends/cpu.py + sieve.py of REV vs the work tree")
     ap.add_argument("--rounds", type=int, default=2, help="before/after rounds (A, B, A, B, ...)")
     args = ap.parse_args()
     if args.before:

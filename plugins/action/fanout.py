@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 # Documentation: plugins/modules/fanout.py (ansible-doc prng.cluster.fanout).
+import hashlib
+import json
 import os
 import time
 import uuid
@@ -13,6 +15,7 @@ from typing import Any, Dict, List, Tuple
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.prng.cluster.plugins.module_utils.defaults import PRNG_CACHE
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import contract
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import manifest as manifest_mod
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.contract import ContractError
@@ -218,6 +221,8 @@ class ActionModule(ActionBase):
                     "inputs": run.inputs,
                     "identity": run.identity,
                 }
+                if plan.shard_info:  # shard K/N: its slice of the full plan, for the merge (shards.py)
+                    header["shard"] = plan.shard_info
                 journal.create(header, job_list)
                 jobs = {j.id: j for j in job_list}
         except (ContractError, PlanError, ResumeRefused, FileNotFoundError, OSError) as exc:
@@ -315,6 +320,8 @@ class ActionModule(ActionBase):
                 left_out[name] = "no verified input folder (the step's ramdisk preload did not run there)"
                 continue
             spec = self.host_spec(name, hv, input_dir)
+            if step:
+                spec.lease_file = str(pre.get("lease") or "")
             unhealthy = apply_health(spec, hv, required=bool(step))
             if unhealthy:
                 left_out[name] = unhealthy
@@ -404,7 +411,7 @@ def throughput_path() -> str:
 
 def _npz_cache() -> str:
     """Where JSON survivors are converted to NPZ, once per content (PRNG_NPZ_CACHE overrides)."""
-    return os.environ.get("PRNG_NPZ_CACHE") or os.path.expanduser("~/.cache/prng-cluster/npz")
+    return os.environ.get("PRNG_NPZ_CACHE") or os.path.expanduser(PRNG_CACHE + "/npz")
 
 
 def _available_mb(name: str, value: Any) -> float | None:
@@ -454,6 +461,12 @@ class Run:
     resume: str | None
     planned: Dict[str, Any] | None = None  # --check: the plan preview
 
+    def lease_id(self) -> str:
+        """The name of this run's ramdisk lease (ramdisk run_id): the same for a resume of
+        the run (same identity, same folder), another for any other run."""
+        key = json.dumps([self.identity, self.run_dir], sort_keys=True, default=str)
+        return f"{self.kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
     def preview(self) -> Dict[str, Any]:
         """What validate_only and check mode return: the checked contract, no job run."""
         files = []
@@ -469,6 +482,7 @@ class Run:
             "checked": self.found,
             "plan": self.planned,
             "run_dir": self.run_dir,
+            "lease_id": self.lease_id(),
             "resume": self.resume,
             "msg": (
                 f"resumes run {self.resume} in {self.run_dir}"

@@ -17,15 +17,17 @@ from typing import Any, Dict, List
 from ansible.errors import AnsibleConnectionFailure
 from ansible.plugins.action import ActionBase
 from ansible_collections.prng.cluster.plugins.module_utils import (
+    defaults,
     fanout_agent,
     fanout_protocol,
+    fsutil,
     job_runner,
     job_validate,
 )
 
 proto = fanout_protocol
 # The agent's code, sent over the session after proto.BOOT (dependencies first).
-AGENT_MODULES = [job_validate, job_runner, fanout_protocol, fanout_agent]
+AGENT_MODULES = [defaults, fsutil, job_validate, job_runner, fanout_protocol, fanout_agent]
 
 
 class _Agent:
@@ -51,7 +53,10 @@ class _Agent:
         self.stderr: Any = self.proc.stderr
         source = proto.agent_source(AGENT_MODULES)
         self.write(str(len(source)).encode() + b"\n" + source)
-        self.write(proto.encode(proto.hello(run_id=first["run_id"], dispatch_root=first["dispatch_root"])))
+        hello = proto.hello(
+            run_id=first["run_id"], dispatch_root=first["dispatch_root"], lease=first.get("lease", "")
+        )
+        self.write(proto.encode(hello))
         self.stderr_reader = threading.Thread(target=self._stderr, daemon=True)
         self.stderr_reader.start()
         threading.Thread(target=self._read, daemon=True).start()

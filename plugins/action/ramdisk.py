@@ -1,29 +1,48 @@
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Controller side of prng.cluster.ramdisk: hash the sources (cached by size and mtime),
-ask the host what it lacks, send only that, once, then let the host verify and commit.
-While another preload of the same step runs on the host, wait for it (its claim), or take
-it over when its process on this controller is gone."""
+ask the host what it lacks (the module's prepare phase: the only call when nothing
+changed), then send only that, once. Over ssh (or local) the files go through ONE session
+to a receiver on the host (module_utils/ramdisk.receive_main) that hashes each copy as it
+writes it and commits in the same session, manifest last; other connections copy with
+put_file and the module's commit phase hashes each copy again. While another preload of
+the same step runs on the host, wait for it (its claim), or take it over when its process
+on this controller is gone."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import shlex
 import socket
+import subprocess
+import sys
+import threading
 import time
+import types
 import uuid
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
+from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
+from ansible_collections.prng.cluster.plugins.module_utils.fanout_protocol import _REGISTER
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import file_sha256
 
 display = Display()
 
 HASH_CHUNK = 4 * 1024 * 1024
 CACHE_VERSION = 1
+# The receiver's bootstrap: the first stdin line gives the size of its source, which follows.
+RECEIVE_BOOT = (
+    "import sys;n=int(sys.stdin.buffer.readline());"
+    "exec(compile(sys.stdin.buffer.read(n),'prng-ramdisk-receive','exec'))"
+)
+SEND_CHUNK = 8 * 1024 * 1024
 
 
 def _size_text(n: float) -> str:
@@ -65,13 +84,7 @@ def _cache_dir() -> str:
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def source_digest(path: str) -> dict:
@@ -102,6 +115,119 @@ def source_digest(path: str) -> dict:
                 json.dump({"ident": ident, "sha256": sha}, fh)
             os.replace(tmp, entry)
     return {"name": os.path.basename(path), "size": st.st_size, "sha256": sha}
+
+
+def _collection_modules(module: types.ModuleType) -> list[types.ModuleType]:
+    """``module`` and the collection module_utils it uses, dependencies first."""
+    prefix = module.__name__.rsplit(".", 1)[0] + "."
+    out: list[types.ModuleType] = []
+    seen: set[str] = set()
+
+    def visit(mod: types.ModuleType) -> None:
+        seen.add(mod.__name__)
+        for value in list(vars(mod).values()):
+            name = (
+                value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            )
+            dep = sys.modules.get(name) if isinstance(name, str) and name.startswith(prefix) else None
+            if dep is not None and dep.__name__ not in seen:
+                visit(dep)
+        out.append(mod)
+
+    visit(module)
+    return out
+
+
+def receiver_source() -> bytes:
+    """What follows RECEIVE_BOOT: module_utils/ramdisk (and what it imports from this
+    collection), each registered under its own name, then its receive_main()."""
+    parts = [_REGISTER, "import sys"]
+    for mod in _collection_modules(rd):
+        with open(mod.__file__, encoding="utf-8") as fh:
+            parts.append(f"_register({mod.__name__!r}, {fh.read()!r})")
+    parts.append(f"sys.modules[{rd.__name__!r}].receive_main()")
+    return "\n".join(parts).encode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def send_file(fd: int, path: str, size: int) -> None:
+    """Exactly ``size`` bytes of ``path`` (the size it was hashed at) into ``fd``; a file
+    that is shorter now raises, so the receiver sees the stream end early."""
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset < size:
+            try:
+                n = os.sendfile(fd, fh.fileno(), offset, min(SEND_CHUNK, size - offset))
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                    raise
+                fh.seek(offset)
+                chunk = fh.read(min(SEND_CHUNK, size - offset))
+                _write_all(fd, chunk)
+                n = len(chunk)
+            if n == 0:
+                raise OSError(
+                    errno.EIO, f"{path} is shorter than when it was hashed ({offset} of {size} bytes)"
+                )
+            offset += n
+
+
+def stream_files(
+    argv: list, keep_fds: tuple, header: dict, files: list[tuple[str, str, int]]
+) -> tuple[dict | None, str, str]:
+    """Start the receiver (``argv``: RECEIVE_BOOT through the host's connection) and send it
+    its source, ``header`` and each (name, path, size) file in order, through one pipe.
+    Returns (its result line, or None when the session broke; the file being sent then; why)."""
+    source = receiver_source()
+    r_fd, w_fd = os.pipe()
+    try:
+        fcntl.fcntl(w_fd, rd.F_SETPIPE_SZ, rd.RECEIVE_CHUNK)
+    except OSError:
+        pass  # the default pipe size works too
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=r_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=keep_fds
+        )
+    except OSError:
+        os.close(w_fd)
+        raise
+    finally:
+        os.close(r_fd)
+        for fd in keep_fds:
+            os.close(fd)
+    at = {"name": "", "error": ""}
+
+    def feed() -> None:
+        try:
+            _write_all(w_fd, str(len(source)).encode() + b"\n" + source + json.dumps(header).encode() + b"\n")
+            for name, path, size in files:
+                at["name"] = name
+                send_file(w_fd, path, size)
+        except OSError as exc:  # the session ended (its error is on stderr) or a source went short
+            at["error"] = to_text(exc)
+        finally:
+            os.close(w_fd)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    out, err = proc.communicate()
+    feeder.join()
+    lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
+    try:
+        res = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        res = None
+    if proc.returncode == 0 and isinstance(res, dict):
+        if res.get("failed") and at["error"]:
+            res["msg"] = f"{res.get('msg')} (controller: {at['error']})"
+        return res, at["name"], ""
+    why = err.decode(errors="replace").strip().splitlines()[-1:] or [at["error"] or f"exit {proc.returncode}"]
+    return None, at["name"] or "the files", why[0]
 
 
 class ActionModule(ActionBase):
@@ -212,14 +338,34 @@ class ActionModule(ActionBase):
             return result
         by_name = dict(zip([m["name"] for m in manifest], paths, strict=True))
         step_dir = prep["step_path"]
-        staged: dict[str, str] = {}
+        staged = {name: f"{step_dir}/{rd.INCOMING}{name}.{uuid.uuid4().hex[:12]}" for name in prep["needed"]}
         t0 = time.monotonic()
-        try:
-            for name in prep["needed"]:
-                remote = f"{step_dir}/.incoming-{name}.{uuid.uuid4().hex[:12]}"
-                staged[name] = remote
-                self._transfer_file(by_name[name], remote)
-        except Exception as exc:  # any transport failure: remove partial copies, no sentinel
+        command = self._receiver_command(task_vars, prep)
+        timing["via"] = "stream" if command else "put_file"
+        if command:
+            header = {
+                "root": os.path.dirname(step_dir),
+                "step": args.get("step"),
+                "manifest": manifest,
+                "files": [{"name": n, "staged": staged[n]} for n in prep["needed"]],
+                "load_id": args["_load_id"],
+                "verify": args.get("verify") or "quick",
+                "lock_timeout": args.get("lock_timeout") or 900,
+            }
+            sizes = {m["name"]: int(m["size"]) for m in manifest}
+            files = [(n, by_name[n], sizes[n]) for n in prep["needed"]]
+            try:
+                commit, failed_at, error = stream_files(command[0], command[1], header, files)
+            except OSError as exc:  # ssh could not even start: like a host that does not answer
+                commit, failed_at, error = None, "the files", to_text(exc)
+        else:
+            commit, failed_at, error = None, "", ""
+            try:
+                for failed_at in prep["needed"]:
+                    self._transfer_file(by_name[failed_at], staged[failed_at])
+            except Exception as exc:  # any transport failure: remove partial copies, no sentinel
+                error = to_text(exc)
+        if commit is None:
             try:
                 aborted = self._execute_module(
                     module_args=dict(args, _phase="abort", _staged=staged), task_vars=task_vars
@@ -229,23 +375,24 @@ class ActionModule(ActionBase):
             result.update(
                 failed=True,
                 changed=True,
-                msg=f"ramdisk preload of step {args.get('step')}: sending {name} failed ({to_text(exc)}); "
+                msg=f"ramdisk preload of step {args.get('step')}: sending {failed_at} failed ({error}); "
                 "no sentinel written, the step is not ready",
                 aborted=aborted.get("removed", []),
             )
             return result
         timing["transfer_s"] = round(time.monotonic() - t0, 3)
-        t0 = time.monotonic()
-        commit = self._execute_module(
-            module_args=dict(args, _phase="commit", _staged=staged), task_vars=task_vars
-        )
-        timing["commit_s"] = round(time.monotonic() - t0, 3)
+        if not command:
+            t0 = time.monotonic()
+            commit = self._execute_module(
+                module_args=dict(args, _phase="commit", _staged=staged), task_vars=task_vars
+            )
+            timing["commit_s"] = round(time.monotonic() - t0, 3)
         diff = result.get("diff")
         result.update(commit)
         if diff is not None:
             result["diff"] = diff
         result["removed"] = prep.get("removed", []) + [
-            os.path.join(step_dir, n) for n in commit.get("removed", []) if not n.startswith(".incoming-")
+            os.path.join(step_dir, n) for n in commit.get("removed", []) if not n.startswith(rd.INCOMING)
         ]
         result["complete"] = False
         if not result.get("failed"):
@@ -257,3 +404,37 @@ class ActionModule(ActionBase):
                 f"; removed the other steps {', '.join(purged)}" if purged else "",
             )
         return result
+
+    def _remote_python(self, task_vars, prep: dict) -> str:
+        """The host's Python, as the module ran it (set, or discovered by the prepare call)."""
+        facts = dict(task_vars.get("ansible_facts") or {}, **(prep.get("ansible_facts") or {}))
+        for value in (
+            task_vars.get("ansible_python_interpreter"),
+            facts.get("discovered_interpreter_python"),
+            self._discovered_interpreter,
+        ):
+            if isinstance(value, str) and value:
+                value = str(self._templar.template(value))
+                if not value.startswith("auto"):
+                    return value
+        return sys.executable if self._connection.transport == "local" else "/usr/bin/python3"
+
+    def _receiver_command(self, task_vars, prep: dict) -> tuple[list, tuple] | None:
+        """argv of the receiver through this host's own connection settings (user, key,
+        port, ssh args, the ControlPersist socket) and the fds ssh keeps; None where it
+        cannot run as the module would (become, or a connection that is not ssh/local)."""
+        conn = self._connection
+        if self._play_context.become or conn.transport not in ("ssh", "local"):
+            return None
+        remote = [self._remote_python(task_vars, prep), "-c", RECEIVE_BOOT, rd.RECEIVE_TAG]
+        if conn.transport == "local":
+            return remote, ()
+        conn.host = conn.get_option("host") or conn._play_context.remote_addr
+        argv = conn._build_command(conn.get_option("ssh_executable"), "ssh", conn.host, shlex.join(remote))
+        pipe, conn.sshpass_pipe = conn.sshpass_pipe, None
+        if pipe:  # password login: sshpass reads it from this pipe, as Ansible's ssh does
+            password = conn.get_option("password") or conn._play_context.password
+            os.write(pipe[1], str(password).encode() + b"\n")
+            os.close(pipe[1])
+            return argv, (pipe[0],)
+        return argv, ()

@@ -89,7 +89,7 @@ def _memory(host: str, mem: Dict[str, Any]) -> List[Dict[str, Any]]:
             _problem("memory", True, text, "free memory, or raise the host's (its cgroup's) memory limit")
         )
     shm = mem.get("shm") or {}
-    used = float(shm.get("used_pct") or 0)
+    used = float(shm.get("used_percent") or 0)
     if not shm.get("present"):
         out.append(
             _problem("shm", True, f"{shm.get('path', '/dev/shm')} missing", "mount a tmpfs at /dev/shm")
@@ -143,7 +143,7 @@ def judge(host: str, found: Dict[str, Any]) -> Dict[str, Any]:
             shm = mem.get("shm") or {}
             row["memory"] = f"{int(mem.get('available_mb', 0))} MiB"
             if shm.get("present"):
-                row["shm"] = f"{float(shm.get('used_pct') or 0):.0f}% of {shm.get('size_mb')} MiB"
+                row["shm"] = f"{float(shm.get('used_percent') or 0):.0f}% of {shm.get('size_mb')} MiB"
             p += _memory(host, mem)
         p += _ramdisk(found.get("ramdisk_root"), found.get("ramdisk") or {})
     return dict(

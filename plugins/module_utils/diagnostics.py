@@ -13,6 +13,9 @@ import fnmatch
 import os
 from typing import Any, Dict, List
 
+from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import tree_bytes
+
 SEVERITIES = ("ok", "info", "warning", "critical")
 MIB = 1024 * 1024
 
@@ -63,8 +66,8 @@ def shm_findings(shm: Dict[str, Any], warn_pct: float, crit_pct: float) -> List[
                 "Mount a tmpfs at /dev/shm",
             )
         ]
-    text = f"{shm['path']} {shm['used_mb']}/{shm['size_mb']} MiB used ({shm['used_pct']:.1f}%)"
-    if shm["used_pct"] >= crit_pct:
+    text = f"{shm['path']} {shm['used_mb']}/{shm['size_mb']} MiB used ({shm['used_percent']:.1f}%)"
+    if shm["used_percent"] >= crit_pct:
         return [
             finding(
                 "shm",
@@ -73,7 +76,7 @@ def shm_findings(shm: Dict[str, Any], warn_pct: float, crit_pct: float) -> List[
                 "Clear old steps: ansible-playbook playbooks/ramdisk_clear.yml",
             )
         ]
-    if shm["used_pct"] >= warn_pct:
+    if shm["used_percent"] >= warn_pct:
         return [
             finding(
                 "shm",
@@ -226,20 +229,7 @@ def hip_cache_usage(root: str, patterns: List[str]) -> Dict[str, Any]:
         if not any(fnmatch.fnmatch(name, p) for p in patterns):
             continue
         path = os.path.join(root, name)
-        total = 0
-        if os.path.isdir(path) and not os.path.islink(path):
-            for dirpath, _dirs, files in os.walk(path):
-                for f in files:
-                    try:
-                        total += os.lstat(os.path.join(dirpath, f)).st_size
-                    except OSError:
-                        pass
-        else:
-            try:
-                total = os.lstat(path).st_size
-            except OSError:
-                pass
-        entries.append({"name": name, "path": path, "bytes": total})
+        entries.append({"name": name, "path": path, "bytes": tree_bytes(path)})
     total = sum(e["bytes"] for e in entries)
     return {"root": root, "entries": entries, "total_bytes": total, "total_mb": total // MIB}
 
@@ -259,45 +249,35 @@ def hip_cache_findings(cache: Dict[str, Any], warn_mb: float) -> List[Dict[str, 
 
 
 def ramdisk_status(root: str) -> Dict[str, Any]:
-    """Steps under the ramdisk root; through the ramdisk module's code when it is there."""
+    """Steps under the ramdisk root, as the ramdisk module sees them. A root it refuses
+    (relative, a system folder) or cannot read comes back as `error`, a finding."""
     try:
-        from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
-
         res = rd.status(root)
-        steps = [
-            {
-                "step": s["step"],
-                "state": s["state"],
-                "bytes": s["bytes"],
-                "files": len(s["files"]),
-                "problems": s["problems"],
-            }
-            for s in res["steps"]
-        ]
-        return {"root": res["root"], "steps": steps, "via": "ramdisk"}
-    except Exception as exc:  # noqa: BLE001 - the fallback below reads the folder itself
-        fallback_reason = str(exc)
-    steps = []
-    real = os.path.realpath(root)
-    if os.path.isdir(real):
-        for name in sorted(os.listdir(real)):
-            path = os.path.join(real, name)
-            if name.startswith(".") or not os.path.isdir(path):
-                continue
-            loaded = os.path.exists(os.path.join(path, ".manifest.json"))
-            steps.append(
-                {
-                    "step": name,
-                    "state": "valid" if loaded else "incomplete",
-                    "bytes": None,
-                    "files": len([n for n in os.listdir(path) if not n.startswith(".")]),
-                    "problems": [] if loaded else ["no manifest (sentinel)"],
-                }
-            )
-    return {"root": real, "steps": steps, "via": f"listing ({fallback_reason})"}
+    except (rd.RamdiskError, OSError) as exc:
+        return {"root": root, "steps": [], "via": "ramdisk", "error": str(exc)}
+    steps = [
+        {
+            "step": s["step"],
+            "state": s["state"],
+            "bytes": s["bytes"],
+            "files": len(s["files"]),
+            "problems": s["problems"],
+        }
+        for s in res["steps"]
+    ]
+    return {"root": res["root"], "steps": steps, "via": "ramdisk"}
 
 
 def ramdisk_findings(status: Dict[str, Any], expected_steps: List[str]) -> List[Dict[str, str]]:
+    if status.get("error"):
+        return [
+            finding(
+                "ramdisk",
+                "warning",
+                f"ramdisk root {status['root']}: {status['error']}",
+                "set ramdisk_root to a folder of its own on a tmpfs (roles/cluster_host)",
+            )
+        ]
     out = []
     by_step = {s["step"]: s for s in status["steps"]}
     for step in expected_steps:

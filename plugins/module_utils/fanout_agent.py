@@ -14,6 +14,7 @@ to the host's disk (fanout_protocol.BOOT).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -51,6 +52,8 @@ class Agent:
         if msg is None or msg["op"] != proto.HELLO:
             return
         self.claim(str(msg["run_id"]), str(msg["dispatch_root"]))
+        if msg.get("lease"):
+            threading.Thread(target=renew_lease, args=(str(msg["lease"]),), daemon=True).start()
         self.send(proto.hello(pid=os.getpid(), python=platform.python_version()))
         while True:
             msg = proto.read(stdin)
@@ -103,6 +106,21 @@ class Agent:
                 os.unlink(self.pidfile)
         except OSError:
             pass
+
+
+def renew_lease(path: str, every_max: float = 300.0) -> None:
+    """Keep the run's ramdisk lease alive while this agent runs (a lease lives until its
+    file's mtime + lease_seconds): touch it every quarter lease, at most every `every_max`
+    seconds. A lease given back or cleared is not brought back; a crashed controller's agent
+    ends with its session, and the lease then ends by itself."""
+    while True:
+        try:
+            with open(path) as fh:
+                seconds = float(json.load(fh).get("lease_seconds") or 0)
+            os.utime(path)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return
+        time.sleep(max(1.0, min(every_max, seconds / 4)))
 
 
 def _is_agent(pid: int, run_id: str) -> bool:

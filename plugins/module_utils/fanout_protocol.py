@@ -6,7 +6,8 @@
     host task               <-ssh stdio--->  host agent (fanout_agent, runs the host's slots)
 
   hello   first message each way: the host task names its host to the controller and the
-          run to its agent (`run_id`, `dispatch_root`); the agent answers with its `pid`
+          run to its agent (`run_id`, `dispatch_root`, `lease` = the run's ramdisk lease
+          file, renewed by the agent while it runs, or ""); the agent answers with its `pid`
   batch   controller -> task -> agent: one dispatch = jobs for one slot (`dispatch_id`,
           `slot`, `work_dir`, `jobs`, `run` = the gpu_job options of the slot, `remove` =
           folders already pulled; the controller adds `incoming`, where the task puts the

@@ -16,9 +16,10 @@ import glob
 import json
 import os
 import re
-import shutil
-import subprocess
 from typing import Any, Callable, Dict, List, Tuple
+
+from ansible.module_utils.common.process import get_bin_path
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import run_argv
 
 Runner = Callable[[List[str], float], Tuple[int, str, str]]
 
@@ -409,27 +410,18 @@ def gfxoff_state(proc_root: str = "/proc", sysfs_root: str = "/sys") -> Dict[str
 
 # ---------------------------------------------------------------- probe
 def default_runner(argv: List[str], timeout: float) -> Tuple[int, str, str]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return 124, "", f"{os.path.basename(argv[0])} timed out after {timeout}s (GPU hung?)"
-    except OSError as exc:
-        return 127, "", str(exc)
-    return (proc.returncode, proc.stdout.decode("utf-8", "replace"),
-            proc.stderr.decode("utf-8", "replace"))
+    rc, out, err = run_argv(argv, timeout)
+    return rc, out, (err + " (GPU hung?)" if rc == 124 else err)
 
 
 def find_tool(name: str, explicit: str | None, extra_dirs: List[str]) -> str | None:
+    """The tool given by path, else Ansible's search (extra_dirs, then PATH and the sbin folders)."""
     if explicit:
         return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in extra_dirs:
-        cand = os.path.join(d, name)
-        if os.access(cand, os.X_OK):
-            return cand
-    return None
+    try:
+        return get_bin_path(name, opt_dirs=extra_dirs)
+    except ValueError:
+        return None
 
 
 def _first_line(text: str) -> str:

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any, Dict, List, Sequence
 
+from ansible_collections.prng.cluster.plugins.module_utils.defaults import PRNG_STATE_DIR
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import atomic_write_json
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (
     OutputInvalid,
     validate_output,
@@ -280,7 +282,7 @@ def run_batch(
     gpu_index: int | None = None,
     env_file: str | None = None,
     start_stagger_seconds: float = 0.0,
-    state_dir: str = "~/prng-cluster/run",
+    state_dir: str = PRNG_STATE_DIR,
     kill_grace_seconds: float = 5.0,
     inline_max_bytes: int = 0,
 ) -> Dict[str, Any]:
@@ -297,10 +299,7 @@ def run_batch(
             raise BatchError(f"work_dir {work_dir} must lie inside {root}")
         os.makedirs(work_dir, mode=0o700, exist_ok=True)
         # job parameters as a file on the host, never a command line (i5)
-        path = os.path.join(work_dir, "jobs.json")
-        with open(path + ".tmp", "w") as fh:
-            json.dump({"jobs": jobs}, fh, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic_write_json(os.path.join(work_dir, "jobs.json"), {"jobs": jobs})
     binding = binding_env(gpu_type, gpu_index)
     log_dir = os.path.join(work_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import subprocess
 import time
 from typing import Any, Dict, List, Tuple
+
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import run_argv
 
 OOM_KILL = re.compile(r"(?:Memory cgroup out of memory|Out of memory): Killed process (\d+) \(([^)]*)\)")
 OOM_INVOKED = re.compile(r"(\S+) invoked oom-killer")
@@ -220,14 +221,6 @@ def boot_time(proc_root: str = "/proc") -> float | None:
     return None
 
 
-def _run(argv: List[str], timeout: float) -> Tuple[int, str, str]:
-    try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, "", str(exc)
-    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-
-
 def read_kernel_log(
     sources: List[str], log_file: str | None = None, timeout: float = 30.0, since: float | None = None
 ) -> Tuple[str | None, str | None, List[str]]:
@@ -245,7 +238,7 @@ def read_kernel_log(
         argv = ["dmesg"] if source == "dmesg" else ["journalctl", "-k", "-b", "--no-pager", "-q"]
         if source == "journalctl" and since is not None:
             argv.append(f"--since=@{int(since)}")
-        rc, out, err = _run(argv, timeout)
+        rc, out, err = run_argv(argv, timeout)
         if rc == 0 and source == "journalctl" and since is not None and not out.strip():
             return "", source, errors  # nothing logged since then: readable, and clean
         if rc == 0 and out.strip() and not out.strip().startswith("-- No entries --"):

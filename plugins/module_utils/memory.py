@@ -13,6 +13,8 @@ import math
 import os
 from typing import Dict, List, Tuple
 
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import mount_usage
+
 MIB = 1024 * 1024
 # cgroup v1 writes "no limit" as the largest page-aligned signed 64-bit value; anything
 # near it (or at least the host's RAM) means unlimited.
@@ -146,15 +148,12 @@ def cgroup_v1(cgroup_root: str, path: str) -> Dict[str, object] | None:
 def shm_usage(shm_path: str) -> Dict[str, object]:
     """Size and use of the tmpfs at shm_path, read from the real mount (statvfs)."""
     try:
-        st = os.statvfs(shm_path)
+        use = mount_usage(shm_path)
     except OSError as exc:
         return {"path": shm_path, "present": False, "error": str(exc)}
-    size = st.f_blocks * st.f_frsize
-    free = st.f_bavail * st.f_frsize
-    used = size - st.f_bfree * st.f_frsize
-    pct = round(100.0 * used / size, 1) if size else 0.0
+    size, used, free = use["size_bytes"], use["used_bytes"], use["avail_bytes"]
     return {"path": shm_path, "present": True, "size_bytes": size, "used_bytes": used,
-            "free_bytes": free, "used_pct": pct,
+            "free_bytes": free, "used_percent": use["used_percent"],
             "size_mb": size // MIB, "used_mb": used // MIB, "free_mb": free // MIB}
 
 

@@ -37,8 +37,12 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
+
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import file_sha256, mount_usage
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import tree_bytes as fsutil_tree_bytes
 
 MANIFEST = ".manifest.json"
 PREV_MANIFEST = ".manifest.prev.json"
@@ -143,16 +147,7 @@ def step_dir(root_real, step):
 
 def hash_file(path):
     # type: (str) -> str
-    digest = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            n = fh.readinto(buf)
-            if not n:
-                break
-            digest.update(view[:n])
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _unescape_mount(text):
@@ -220,38 +215,15 @@ def is_our_step(root_real, name):
 def shm_info(path):
     # type: (str) -> dict
     """Size and use of the real filesystem that holds ``path`` (nearest existing folder)."""
-    st = os.statvfs(_existing(path))
-    size = st.f_blocks * st.f_frsize
-    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    use = mount_usage(_existing(path))
     mount, fstype = mount_of(path)
-    return {
-        "mount": mount,
-        "fstype": fstype,
-        "size_bytes": size,
-        "used_bytes": used,
-        "avail_bytes": st.f_bavail * st.f_frsize,
-        "used_percent": round(100.0 * used / size, 1) if size else 0.0,
-    }
+    return {"mount": mount, "fstype": fstype, **use}
 
 
 def tree_bytes(path):
     # type: (str) -> int
     """Bytes held by a file or folder (symlinks count as nothing, never followed)."""
-    if os.path.islink(path):
-        return 0
-    if not os.path.isdir(path):
-        try:
-            return os.lstat(path).st_size
-        except OSError:
-            return 0
-    total = 0
-    for base, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(base, name)).st_size
-            except OSError:
-                pass
-    return total
+    return fsutil_tree_bytes(path)
 
 
 def remove_entry(path, root_real):
@@ -527,6 +499,7 @@ def take_lease(sdir, step, run_id, lease_seconds, holder=""):
     os.rename(tmp, path)
     data["expires"] = _utc(os.stat(path).st_mtime + lease_seconds)
     data["renewed"] = taken is not None
+    data["path"] = path  # whoever runs the step renews it by touching this file (the fan-out's agent)
     return data
 
 
@@ -811,10 +784,12 @@ def staged_path(sdir, name):
     return os.path.join(sdir, f"{INCOMING}{name}.{uuid.uuid4().hex[:12]}")
 
 
-def commit_preload(root, step, expected, staged, verify="quick"):
-    # type: (str, str, list, dict, str) -> dict
+def commit_preload(root, step, expected, staged, verify="quick", received=None):
+    # type: (str, str, list, dict, str, dict | None) -> dict
     """Verify every staged copy by size and hash, move it into place, check the files
-    that were already there, drop extra files and write the manifest last."""
+    that were already there, drop extra files and write the manifest last. A copy in
+    ``received`` was hashed while it was written (receive_file): its digest is used
+    without reading it again while the file is still the one written (size, mtime, inode)."""
     root_real = resolve_root(root)
     sdir = step_dir(root_real, step)
     expected = check_expected(expected)
@@ -825,11 +800,7 @@ def commit_preload(root, step, expected, staged, verify="quick"):
         for name, path in sorted(staged.items()):
             if name not in by_name:
                 raise RamdiskError(f"staged file {name!r} is not part of step {step}")
-            real = os.path.realpath(path)
-            if os.path.dirname(real) != os.path.realpath(sdir) or not os.path.basename(real).startswith(
-                INCOMING
-            ):
-                raise RamdiskError(f"staged copy {path} is not an incoming file of {sdir}")
+            real = check_staged(sdir, path)
             exp = by_name[name]
             try:
                 got = os.lstat(real).st_size
@@ -841,7 +812,7 @@ def commit_preload(root, step, expected, staged, verify="quick"):
                 raise RamdiskError(
                     f"copy of {name} is incomplete: {got} of {exp['size']} bytes; step {step} not ready"
                 )
-            digest = hash_file(real)
+            digest = _received_digest((received or {}).get(name), os.lstat(real)) or hash_file(real)
             if digest != exp["sha256"]:
                 raise RamdiskError(
                     "copy of {} is corrupt: sha256 {}, expected {}; step {} not ready".format(
@@ -908,6 +879,147 @@ def abort_preload(root, step, names=None):
         except OSError:
             pass
     return incoming
+
+
+# --------------------------------------------------------------------------- transfer
+# The action plugin streams the missing files to receive_main() over the host's own
+# connection, one session for all of them: each copy is hashed as it is written (never
+# read again) and the same session commits, manifest last.
+
+RECEIVE_TAG = "prng-ramdisk-receive"
+RECEIVE_CHUNK = 1024 * 1024
+F_SETPIPE_SZ = 1031  # fcntl (Linux): a larger pipe, fewer wake-ups per MiB
+
+
+def check_staged(sdir, path):
+    # type: (str, str) -> str
+    """The real path of a staged copy, refusing one that is not ``<sdir>/.incoming-*``."""
+    real = os.path.realpath(path)
+    if os.path.dirname(real) != os.path.realpath(sdir) or not os.path.basename(real).startswith(INCOMING):
+        raise RamdiskError(f"staged copy {path} is not an incoming file of {sdir}")
+    return real
+
+
+def _received_digest(rec, st):
+    # type: (dict | None, os.stat_result) -> str | None
+    """The digest receive_file() computed, while the file is still the one it wrote."""
+    if not rec or (st.st_size, st.st_mtime_ns, st.st_ino) != (
+        rec.get("size"),
+        rec.get("mtime_ns"),
+        rec.get("ino"),
+    ):
+        return None
+    return rec.get("sha256")
+
+
+def receive_file(stream, path, size, name, step):
+    # type: (object, str, int, str, str) -> dict
+    """Write the next ``size`` bytes of ``stream`` to the new file ``path``, hashing
+    exactly the bytes written. Returns {sha256, size, mtime_ns, ino}. A stream that ends
+    early raises; the partial file is left to the caller's abort."""
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(max(1, min(RECEIVE_CHUNK, size))))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        left = size
+        while left:
+            n = stream.readinto(view[: min(left, len(view))])
+            if not n:
+                raise RamdiskError(
+                    f"copy of {name} is incomplete: {size - left} of {size} bytes (the transfer ended); "
+                    f"step {step} not ready"
+                )
+            digest.update(view[:n])
+            done = 0
+            while done < n:
+                done += os.write(fd, view[done:n])
+            left -= n
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return {"sha256": digest.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def commit_locked(root, step, load_id, expected, staged, verify="quick", lock_timeout=900.0, received=None):
+    # type: (str, str, str | None, list, dict, str, float, dict | None) -> dict
+    """A preload's commit under the root's lock, only while the step's claim is this
+    load's (another preload may have taken an abandoned load over); the claim is dropped
+    after. Returns the preload's result (copied, removed, manifest, files, shm)."""
+    root_real = resolve_root(root)
+    sdir = step_dir(root_real, step)
+    with RootLock(root_real, lock_timeout):
+        claim = read_claim(sdir)
+        if claim is not None and claim.get("id") != load_id:
+            raise RamdiskError(
+                f"step {step}: another preload ({claim.get('holder')}) took this load over after it "
+                "looked abandoned; step not ready, run the preload again"
+            )
+        try:
+            res = commit_preload(root, step, expected, staged, verify, received)
+        finally:
+            drop_claim(sdir, load_id)
+    res["step_path"] = res.pop("path")
+    res["changed"] = True
+    res["files"] = dict(
+        (r["name"], os.path.join(res["step_path"], r["name"])) for r in res["manifest"]["files"]
+    )
+    res["shm"] = shm_info(res["step_path"])
+    return res
+
+
+def receive_and_commit(req, stream):
+    # type: (dict, object) -> dict
+    """Receive ``req["files"]`` ({name, staged}, in stream order) and commit the step.
+    Any failure removes this load's copies and drops its claim: no sentinel (i12)."""
+    root, step = req["root"], req["step"]
+    root_real = resolve_root(root)
+    sdir = step_dir(root_real, step)
+    expected = check_expected(req["manifest"])
+    by_name = dict((e["name"], e) for e in expected)
+    lock_timeout = float(req.get("lock_timeout") or 900.0)
+    staged, received = {}, {}
+    try:
+        for item in req["files"]:
+            name = item["name"]
+            if name not in by_name:
+                raise RamdiskError(f"staged file {name!r} is not part of step {step}")
+            staged[name] = check_staged(sdir, item["staged"])
+            exp = by_name[name]
+            rec = receive_file(stream, staged[name], exp["size"], name, step)
+            if rec["sha256"] != exp["sha256"]:
+                raise RamdiskError(
+                    "copy of {} is corrupt: sha256 {}, expected {}; step {} not ready".format(
+                        name, rec["sha256"], exp["sha256"], step
+                    )
+                )
+            received[name] = rec
+    except BaseException:
+        with RootLock(root_real, lock_timeout):
+            abort_preload(root, step, [os.path.basename(p) for p in staged.values()])
+            drop_claim(sdir, req.get("load_id"))
+        raise
+    return commit_locked(
+        root, step, req.get("load_id"), expected, staged, req.get("verify") or "quick", lock_timeout, received
+    )
+
+
+def receive_main():
+    # type: () -> None
+    """On the host, after the action plugin's bootstrap: a JSON header line, then each
+    file's bytes in the header's order; one JSON line out (the result, or failed + msg)."""
+    stream = sys.stdin.buffer
+    try:
+        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, RECEIVE_CHUNK)
+    except (OSError, ValueError):
+        pass  # not a pipe, or a smaller limit: the default size works too
+    try:
+        out = receive_and_commit(json.loads(stream.readline()), stream)
+    except RamdiskError as exc:
+        out = {"failed": True, "msg": str(exc)}
+    except Exception as exc:  # reported to the controller as one line, never a traceback
+        out = {"failed": True, "msg": f"ramdisk preload failed on the host: {type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- clear

@@ -86,8 +86,9 @@ options:
     description:
       - Name of the step whose preflight each host must have passed. A host gets slots only
         when its C(prng_preflight) fact says C(ok) for this step and names the folder
-        holding the step's verified inputs (C(input_dir)) and the files there (C(files)).
-        Empty - no preflight required (C(fanout_input_dir) or O(input_dir) give the folder).
+        holding the step's verified inputs (C(input_dir)) and the files there (C(files));
+        its C(lease), the run's ramdisk lease file, is renewed by the host's agent while the
+        fan-out runs. Empty - no preflight required (C(fanout_input_dir) or O(input_dir) give the folder).
     type: str
     default: ""
   settings:
@@ -95,7 +96,8 @@ options:
       - Scheduler knobs, e.g. C(target_dispatch_seconds) (60), C(max_attempts) (3),
         C(retry_backoff_seconds) (2), C(host_retry_seconds) (10), C(max_host_failures) (3),
         C(max_requeues) (6), C(max_jobs_per_dispatch) (64), C(ema_alpha) (0.3),
-        C(progress_interval) (5), C(poll_seconds) (0.2).
+        C(fair_share_fraction) (0.5, the part of a slot's fair share of the work left that
+        one batch takes), C(progress_interval) (5), C(poll_seconds) (0.2).
     type: dict
     default: {}
 attributes:
@@ -179,6 +181,15 @@ resume:
   description: Run id that the same command would resume, or null for a new run.
   returned: with O(validate_only) or in check mode
   type: str
+lease_id:
+  description:
+    - The name of this run's ramdisk lease (the ramdisk role's C(ramdisk_run_id)), the same for
+      a resume of the run (same identity, same run folder). The step playbooks' preload takes
+      it on every host, the fan-out's agent renews it while the step runs, the end of the step
+      gives it back.
+  returned: with O(validate_only) or in check mode
+  type: str
+  sample: score-3f9a0c2b7d1e4a56
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402

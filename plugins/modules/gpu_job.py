@@ -180,6 +180,10 @@ import json  # noqa: E402
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.defaults import (  # noqa: E402
+    PRNG_DISPATCH_ROOT,
+    PRNG_STATE_DIR,
+)
 from ansible_collections.prng.cluster.plugins.module_utils.job_runner import (  # noqa: E402
     BatchError,
     parse_jobs,
@@ -205,14 +209,14 @@ def main() -> None:
         argument_spec=dict(
             jobs=dict(type="raw"),
             work_dir=dict(type="path"),
-            dispatch_root=dict(type="path", default="~/prng-cluster/dispatch"),
+            dispatch_root=dict(type="path", default=PRNG_DISPATCH_ROOT),
             remove=dict(type="list", elements="path", default=[]),
             jobs_file=dict(type="path"),
             gpu_type=dict(type="str", default="cpu", choices=["cuda", "rocm", "cpu"]),
             gpu_index=dict(type="int"),
             env_file=dict(type="path"),
             start_stagger_seconds=dict(type="float", default=0.0),
-            state_dir=dict(type="path", default="~/prng-cluster/run"),
+            state_dir=dict(type="path", default=PRNG_STATE_DIR),
             kill_grace_seconds=dict(type="float", default=5.0),
             inline_max_bytes=dict(type="int", default=0),
         ),

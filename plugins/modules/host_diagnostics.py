@@ -186,6 +186,7 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils import diagnostics as dg  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.defaults import PRNG_RAMDISK_ROOT  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.gpu_health import usable_gpus  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.gpu_tools import probe  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.kernel_log import kernel_log_result  # noqa: E402
@@ -199,7 +200,7 @@ def main() -> None:
             shm_path=dict(type="path", default="/dev/shm"),
             shm_warn_pct=dict(type="float", default=50.0),
             shm_crit_pct=dict(type="float", default=80.0),
-            ramdisk_root=dict(type="path", default="/dev/shm/prng"),
+            ramdisk_root=dict(type="path", default=PRNG_RAMDISK_ROOT),
             ramdisk_steps=dict(type="list", elements="str", default=[]),
             hip_cache_root=dict(type="path", default="~/.cache"),
             hip_cache_patterns=dict(type="list", elements="str", default=["hip_*", "comgr*", "miopen"]),

@@ -140,7 +140,7 @@ shm:
   returned: always
   type: dict
   sample: {"path": "/dev/shm", "present": true, "size_bytes": 4134019072, "used_bytes": 36864,
-           "free_bytes": 4133982208, "used_pct": 0.0, "size_mb": 3942, "used_mb": 0, "free_mb": 3942}
+           "free_bytes": 4133982208, "used_percent": 0.0, "size_mb": 3942, "used_mb": 0, "free_mb": 3942}
 worker_mb:
   description: The O(worker_mb) asked for (null when not given).
   returned: always

@@ -12,7 +12,8 @@ description:
     C(/dev/shm/prng)), so concurrent workers read them from RAM.
   - O(state=preload) sends the files from the controller, once per host, and copies only
     files that are missing or whose content differs (SHA-256). Each copy is verified by
-    size and hash on the host, then renamed into place. The sentinel, a manifest of
+    size and hash on the host (hashed while it is received, over ssh and local
+    connections), then renamed into place. The sentinel, a manifest of
     names, sizes and hashes (C(.manifest.json)), is written last; while an update is in
     progress and after any failure there is no sentinel, so a step is never "ready" with
     missing or partial files.
@@ -313,10 +314,15 @@ rows:
   elements: str
   sample: ["step3            2         0.0  valid      0.0/64.0 MiB (0.1%)"]
 timing:
-  description: Seconds spent per phase of a preload (controller hashing, host prepare, transfer, commit).
+  description:
+    - Seconds spent per phase of a preload (controller hashing, host prepare, transfer) and
+      how the files went (C(via)). V(stream) - one session to a receiver on the host that
+      hashes each copy while writing it and commits (ssh and local connections, no become).
+      V(put_file) - the connection's file copy, then a commit call that hashes every copy
+      again (C(commit_s)).
   returned: state=preload
   type: dict
-  sample: {"hash_s": 0.66, "prepare_s": 1.7, "transfer_s": 9.6, "commit_s": 2.9}
+  sample: {"hash_s": 0.66, "prepare_s": 1.7, "transfer_s": 6.1, "via": "stream"}
 complete:
   description: Preload found the step already loaded and verified; nothing to do.
   returned: state=preload
@@ -328,12 +334,14 @@ freed_bytes:
   type: int
   sample: 7444889
 lease:
-  description: The lease taken or renewed for O(run_id).
+  description:
+    - The lease taken or renewed for O(run_id); C(path) is its file, which the step's
+      fan-out agent touches while the step runs so that a long run keeps its lease.
   returned: state=preload or state=lease, with O(run_id)
   type: dict
   sample: {"run_id": "20240610-1402-ab12cd", "step": "step3", "holder": "ctl pid 4121",
            "taken": "2024-06-10T14:02:11Z", "lease_seconds": 21600, "expires": "2024-06-10T20:02:11Z",
-           "renewed": false}
+           "renewed": false, "path": "/dev/shm/prng/step3/.lease-20240610-1402-ab12cd.json"}
 released:
   description: Whether O(run_id)'s lease was there and is given back.
   returned: state=release
@@ -362,7 +370,7 @@ from ansible_collections.prng.cluster.plugins.module_utils.ramdisk import (  # n
     check_run_id,
     claim_age,
     clear_summary,
-    commit_preload,
+    commit_locked,
     do_clear,
     drop_claim,
     drop_expired_leases,
@@ -416,25 +424,16 @@ def _preload(module: AnsibleModule) -> dict:
             )
             drop_claim(sdir, p["_load_id"])
         return {"changed": bool(gone), "removed": gone}
-    if phase == "commit":
-        with RootLock(root_real, p["lock_timeout"]):
-            claim = read_claim(sdir)
-            if claim is not None and claim.get("id") != p["_load_id"]:
-                raise RamdiskError(
-                    f"step {p['step']}: another preload ({claim.get('holder')}) took this load over after it "
-                    "looked abandoned; step not ready, run the preload again"
-                )
-            try:
-                res = commit_preload(p["root"], p["step"], p["_manifest"], p["_staged"] or {}, p["verify"])
-            finally:
-                drop_claim(sdir, p["_load_id"])
-        res["step_path"] = res.pop("path")
-        res["changed"] = True
-        res["files"] = {
-            r["name"]: os.path.join(res["step_path"], r["name"]) for r in res["manifest"]["files"]
-        }
-        res["shm"] = shm_info(res["step_path"])
-        return res
+    if phase == "commit":  # after a copy by the connection's put_file (hosts the stream cannot reach)
+        return commit_locked(
+            p["root"],
+            p["step"],
+            p["_load_id"],
+            p["_manifest"],
+            p["_staged"] or {},
+            p["verify"],
+            p["lock_timeout"],
+        )
     if module.check_mode:
         return _prepared(module, _plan(module, run_id), None)
     if not os.path.isdir(root_real):

@@ -621,6 +621,31 @@ class Cluster:
             argv, cwd=REPO_ROOT, env=self.env(**env), capture_output=True, text=True, timeout=timeout
         )
 
+    def playbook_popen(
+        self,
+        playbook: str | Path,
+        log: Path,
+        extra_vars: Mapping[str, Any] | None = None,
+        cwd: Path = REPO_ROOT,
+        **env: str,
+    ) -> subprocess.Popen[str]:
+        """Start ``ansible-playbook -i <inventory> <playbook>`` in its own session (so that a
+        test can kill the whole controller with ``os.killpg``); its output goes to ``log``,
+        never to a pipe that nobody reads while the run goes on."""
+        argv = [str(Path(self.python).parent / "ansible-playbook"), "-i", str(self.inventory), str(playbook)]
+        if extra_vars:
+            argv += ["-e", json.dumps(dict(extra_vars))]
+        with open(log, "w") as out:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=self.env(**env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+
     def exec(
         self,
         host: str,

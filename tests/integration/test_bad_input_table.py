@@ -122,6 +122,7 @@ CASES = [
     Case("job timeout zero", {"step3_job_timeout": 0}, "timeout"),
     Case("unknown scheduler setting", {"fanout_settings": {"max_attemps": 5}}, "max_attemps"),
     Case("scheduler setting out of range", {"fanout_settings": {"max_attempts": 0}}, "max_attempts"),
+    Case("shard not K/N with 1 <= K <= N", {"shard": "3/2"}, "shard"),
     Case("host gpu_count not an integer", {"gpu_count": "twelve"}, "gpu_count"),
     Case("host max_concurrent_jobs zero", {"max_concurrent_jobs": 0}, "max_concurrent_jobs"),
     Case("host max_concurrent_jobs negative", {"max_concurrent_jobs": -1}, "max_concurrent_jobs"),

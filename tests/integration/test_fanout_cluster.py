@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -209,23 +208,13 @@ def _wait_done(run_dir: Path, count: int, proc: subprocess.Popen[str], timeout: 
 def _popen(c: Cluster, jobs: Path, run_dir: Path, **settings: Any) -> subprocess.Popen[str]:
     knobs = {"host_retry_seconds": 2, **settings}
     ev = {"jobs_file": str(jobs), "run_dir": str(run_dir), "fanout_settings": knobs}
-    argv = [
-        str(Path(sys.executable).parent / "ansible-playbook"),
-        "-i",
-        str(c.inventory),
-        "playbooks/run_jobs.yml",
-        "-e",
-        json.dumps(ev),
-    ]
-    return subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=c.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    return c.playbook_popen("playbooks/run_jobs.yml", run_dir.with_suffix(".log"), ev)
+
+
+def _finish(proc: subprocess.Popen[str], run_dir: Path, timeout: float = 400) -> str:
+    """Wait for the run to end; its output."""
+    proc.wait(timeout)
+    return run_dir.with_suffix(".log").read_text()
 
 
 @pytest.mark.parametrize("fault", ["sshd_killed", "link_cut"])
@@ -245,7 +234,7 @@ def test_host_lost_mid_run_completes_on_the_others(make_cluster: Any, tmp_path: 
             c.kill_sshd("victim")  # sshd and every session and worker on the host
         else:
             c.link_down("victim")  # packets dropped: connections hang until SSH gives up
-        out, _ = proc.communicate(timeout=400)
+        out = _finish(proc, tmp_path / "run")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -343,7 +332,7 @@ def test_i38_cut_link_of_a_two_slot_host_counts_once_and_the_host_rejoins(
             time.sleep(0.2)
         c.link_up("victim")
         restored = time.time()
-        out, _ = proc.communicate(timeout=400)
+        out = _finish(proc, run_dir)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

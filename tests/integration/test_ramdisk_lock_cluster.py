@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, HostSpec
 
 pytestmark = pytest.mark.cluster
 
@@ -162,3 +163,65 @@ def test_two_concurrent_preloads_of_one_step_end_with_one_consistent_manifest(
     }
     assert on_host == digests["b"]
     assert os.path.getsize(step / "survivors.npz") == 5_000_000
+
+
+def test_a_running_step3_holds_its_inputs_a_standalone_preload_refuses_and_the_run_completes(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    # Step 3 on 2 hosts, slow enough to be caught running (NumPy, job starts spaced), with a
+    # lease of 8 s: only the agent's renewal keeps it alive while the run goes on.
+    slow = {"worker_backend": "numpy", "start_stagger_seconds": 0.5}
+    c = make_cluster([HostSpec(f"node{i}", max_concurrent_jobs=2, vars=slow) for i in (1, 2)])
+    run_dir = tmp_path / "step3"
+    log = tmp_path / "step3.log"
+    extra = {"step3_run_dir": str(run_dir), "step3_chunk_size": 40, "ramdisk_lease_seconds": 8}
+    proc = c.playbook_popen("playbooks/step3.yml", log, extra)
+    try:
+        step = {h: c.hosts[h].shm / "prng" / "step3" for h in c.hosts}
+        deadline = time.time() + 300
+        while not all(list(d.glob(".lease-score-*.json")) for d in step.values()):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-4000:]
+            time.sleep(0.1)
+        leases = {h: next(d.glob(".lease-score-*.json")) for h, d in step.items()}
+        run_id = leases["node1"].name[len(".lease-") : -len(".json")]
+        taken = max(p.stat().st_mtime for p in leases.values())
+        # past the lease's first life: still held only because the running agents renew it
+        while time.time() < taken + 10:
+            assert proc.poll() is None, "Step 3 ended too early for the test:\n" + log.read_text()[-4000:]
+            time.sleep(0.2)
+        inputs = {
+            h: {n: v for n, v in step_files(c, h, "step3").items() if not n.startswith(".lease")}
+            for h in c.hosts
+        }
+        res = c.playbook(
+            "playbooks/ramdisk_preload.yml",
+            extra_vars=preload_vars("step1", write_sources(tmp_path / "step1", 1)),
+            **JSON,
+        )
+        assert proc.poll() is None, "Step 3 ended before the standalone preload was refused"
+        assert res.returncode != 0
+        msgs = fatal_messages(res)
+        assert sorted(msgs) == sorted(c.hosts), res.stdout[-3000:]
+        assert all(
+            f"step step3 is in use by run {run_id}" in m and "nothing removed" in m for m in msgs.values()
+        )
+        proc.wait(400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert proc.returncode == 0, out[-4000:]
+    # the run's inputs were never touched, the run completed, and its end gave the lease back
+    after = {
+        h: {n: v for n, v in step_files(c, h, "step3").items() if not n.startswith(".lease")} for h in c.hosts
+    }
+    assert after == inputs
+    assert all(not list(d.glob(".lease-*")) for d in step.values())
+    scored = json.loads((run_dir / "survivors_with_scores.json").read_text())
+    assert len(scored) == 2000 and len({r["seed"] for r in scored}) == 2000
+    # nothing holds Step 3 now: the standalone preload goes ahead (and removes it)
+    res = c.playbook(
+        "playbooks/ramdisk_preload.yml", extra_vars=preload_vars("step1", write_sources(tmp_path / "s1", 1))
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert all(step_files(c, h, "step3") == {} for h in c.hosts)

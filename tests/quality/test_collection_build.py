@@ -24,7 +24,7 @@ SHIPPED = (
     "plugins/plugin_utils/fanout/contract.py",
     "roles/cluster_host/meta/argument_specs.yml",
     "playbooks/step3.yml",
-    "playbooks/tasks/step_preflight.yml",
+    "roles/cluster_host/tasks/preflight.yml",
     "workers/pyproject.toml",
     "workers/prng_workers/contract.py",
     "data/memory_model.json",

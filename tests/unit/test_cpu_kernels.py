@@ -164,12 +164,31 @@ def test_mt19937_exact_first_output_search() -> None:
         assert np.nonzero(got[0] >= 1)[0].tolist() == [9000]
 
 
+@pytest.mark.parametrize("family", ["java_lcg", "mt19937", "xorshift32"])
+def test_survivor_slices_that_fill_up_run_again(family: str) -> None:
+    # m = 3, need 1: most seeds survive, far beyond slices sized for none (expect=0); the
+    # kernels count on past a full slice and the call runs again with room for all
+    r = np.array([1, 2, 0])
+    job = SieveJob(family, r, 3, 0, 0, 2, 1 / 3, 5000, 9000)
+    want = numpy_sieve_range(job, job.seed_start, job.seed_end)
+    keep = np.nonzero(want[0] >= 1)[0]
+    assert keep.size > 3000
+    idx, cnt, skip = cpu.sieve_survivors(family, 5000, 9000, r, 3, 0, 0, 2, 1, expect=0.0)
+    np.testing.assert_array_equal(idx, keep)
+    np.testing.assert_array_equal(cnt, want[0][keep])
+    np.testing.assert_array_equal(skip, want[1][keep])
+
+
+def _survivor_outputs(n: int) -> tuple[np.ndarray, ...]:
+    """A kernel's survivor outputs (seed offsets, counts, skips, per-chunk counts) for n seeds, 2 chunks."""
+    return np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32), np.zeros(2, np.int64)
+
+
 def test_mt19937_seeding_stays_in_32bit_lanes() -> None:
     # the old kernel widened the recurrence to 64-bit lanes (vpmuludq, narrowing moves); a
     # fresh compile of the same function, since Numba shows no machine code for cached ones
     variant = cpu.FAST["mt19937"]
     fn = numba.njit(parallel=True)(cpu.mt_partial_kernel(variant).py_func)
-    best = np.empty(300, np.int32)
     fn(
         np.uint64(0),
         np.int64(300),
@@ -179,10 +198,7 @@ def test_mt19937_seeding_stays_in_32bit_lanes() -> None:
         np.int64(0),
         np.int64(0),
         np.int64(1),
-        best,
-        best.copy(),
-        2,
-        0,
+        *_survivor_outputs(300),
     )
     asm = "\n".join(fn.inspect_asm().values())
     reg = "zmm" if variant & cpu.WIDE else "ymm"
@@ -194,7 +210,6 @@ def test_mt19937_seeding_stays_in_32bit_lanes() -> None:
 def test_java_lcg_fast_variant_machine_code() -> None:
     variant = cpu.FAST["affine"]
     fn = numba.njit(parallel=True)(cpu.affine_kernel(0, variant).py_func)
-    best = np.empty(100, np.int32)
     u = lambda *v: np.array(v, dtype=np.uint64)  # noqa: E731
     fn(
         np.uint64(0),
@@ -208,9 +223,7 @@ def test_java_lcg_fast_variant_machine_code() -> None:
         u(5),
         u(3),
         u(5),
-        best,
-        best.copy(),
-        2,
+        *_survivor_outputs(100),
     )
     asm = "\n".join(fn.inspect_asm().values())
     if variant & cpu.IFMA:

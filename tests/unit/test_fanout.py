@@ -20,11 +20,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.prng.cluster.plugins.module_utils import (  # noqa: E402
-    fanout_agent,
-    job_runner,
-    job_validate,
-)
 from ansible_collections.prng.cluster.plugins.module_utils import fanout_protocol as proto  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import (  # noqa: E402
     OutputInvalid,
@@ -242,8 +237,9 @@ def test_batch_sizing_from_measured_throughput(tmp_path: Path) -> None:
     assert len(fan.take_batch(slow, 0.0)) == 2
     for job in list(fan.jobs.values())[:190]:
         fan.index.set(job, "done")
-    # Tail: 1000 units left, 240 units/s over all slots: each slot's share of ~4.2 s.
-    assert len(fan.take_batch(fast, 0.0)) == 4
+    # Tail: 1000 units left, 240 units/s over all slots: each slot's share of ~4.2 s, half
+    # of it per batch (Settings.fair_share_fraction).
+    assert len(fan.take_batch(fast, 0.0)) == 2
     assert len(fan.take_batch(slow, 0.0)) == 1
 
 
@@ -735,7 +731,9 @@ def test_journal_fsyncs_grouped_and_durable_before_each_batch_is_sent(tmp_path: 
 # -- the host agent, run for real as a local process -------------------------------------------
 def _agent(tmp_path: Path, run_id: str) -> subprocess.Popen[bytes]:
     """The agent as fanout_host starts it (BOOT, then its source over stdin), without SSH."""
-    source = proto.agent_source([job_validate, job_runner, proto, fanout_agent])
+    from ansible_collections.prng.cluster.plugins.action.fanout_host import AGENT_MODULES
+
+    source = proto.agent_source(AGENT_MODULES)  # the modules fanout_host sends
     proc = subprocess.Popen(
         [sys.executable, "-u", "-c", proto.BOOT, proto.AGENT_TAG, run_id],
         stdin=subprocess.PIPE,

@@ -276,3 +276,38 @@ def test_root_lock_serializes_and_leaves_nothing(root: Path) -> None:
     with rd.RootLock(str(root), 1):
         assert (root / rd.LOCK).exists()
     assert not (root / rd.LOCK).exists()
+
+
+def test_a_running_agent_renews_its_runs_lease_and_never_brings_a_released_one_back(root: Path) -> None:
+    from ansible_collections.prng.cluster.plugins.module_utils.fanout_agent import renew_lease
+
+    sdir = root / "step3"
+    sdir.mkdir(parents=True)
+    lease = rd.take_lease(str(sdir), "step3", "score-0123456789abcdef", 2.0, "ctl")
+    assert lease["path"] == str(sdir / ".lease-score-0123456789abcdef.json")
+    old = time.time() - 60
+    os.utime(lease["path"], (old, old))  # as if taken a minute ago: expired by now ...
+    assert not rd.leases(str(sdir))[0]["live"]
+    renewer = threading.Thread(target=renew_lease, args=(lease["path"],), daemon=True)
+    renewer.start()
+    deadline = time.time() + 10
+    while not rd.leases(str(sdir))[0]["live"]:  # ... until the agent touches it
+        assert time.time() < deadline, "the agent never renewed the lease"
+        time.sleep(0.05)
+    assert rd.release_lease(str(sdir), "score-0123456789abcdef")  # the end of the step
+    renewer.join(5)
+    assert not renewer.is_alive() and rd.leases(str(sdir)) == []  # gone for good, the thread ended
+
+
+def test_the_lease_name_is_the_runs_the_same_for_its_resume_and_another_for_any_other_run() -> None:
+    from ansible_collections.prng.cluster.plugins.action.fanout import Run
+
+    def lease_id(identity: dict, run_dir: str = "/runs/step3") -> str:
+        return Run("score", {}, None, run_dir, [], None, {}, identity, {}, False, None).lease_id()
+
+    ident = {"plan": "score", "params": {"mod": 1000}, "inputs": {"survivors": "ab" * 32}}
+    first = lease_id(ident)
+    assert first == lease_id(json.loads(json.dumps(ident))) and rd.check_run_id(first) == first
+    assert first.startswith("score-") and len(first) == len("score-") + 16
+    assert lease_id({**ident, "params": {"mod": 997}}) != first  # other parameters: another run
+    assert lease_id(ident, "/runs/other") != first  # the same parameters in another run folder

@@ -39,7 +39,9 @@ DIRECTIONS = ("forward", "bidirectional", "reversed_window")
 DIRECTION_ALIASES = {"reverse": "reversed_window"}
 BACKENDS = ("auto", "numpy", "cpu", "gpu")
 MAX_SEED = 1 << 64
-CPU_CHUNK = 1 << 22  # seeds per compiled-kernel call: bounds the per-seed result arrays
+# seeds per compiled-kernel call: the kernels return only survivors, so a call is sized by the
+# survivors it may hold (CPU_SURVIVORS at the expected rate), between 2^20 and 2^26 seeds
+CPU_CHUNK_MIN, CPU_CHUNK_MAX, CPU_SURVIVORS = 1 << 20, 1 << 26, 1 << 20
 REVERSE_CHUNK = 1 << 12  # seeds per reverse-check call (mt19937 keeps 2.5 kB of state per seed)
 
 
@@ -311,30 +313,26 @@ def run_sieve(job: SieveJob, backend: str = "auto") -> SieveResult:
     elif chosen == "cpu":
         from prng_workers.backends import cpu
 
-        step = CPU_CHUNK
+        expect = noise_survival_probability(job.window, job.need, job.m, job.n_skips)
+        step = int(min(CPU_CHUNK_MAX, max(CPU_CHUNK_MIN, CPU_SURVIVORS / max(expect, 1e-12))))
 
-        def fn(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-            return cpu.sieve_range(
-                job.family, a, b, job.residues, job.m, job.offset, job.skip_min, job.skip_max, job.need
+        def fn(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            j = job
+            return cpu.sieve_survivors(
+                j.family, a, b, j.residues, j.m, j.offset, j.skip_min, j.skip_max, j.need, expect=expect
             )
     else:
         step = 1 << 20
 
-        def fn(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-            return numpy_sieve_range(job, a, b)
-
-    need = job.need
+        def fn(a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            best_cnt, best_skip = numpy_sieve_range(job, a, b)
+            hit = np.nonzero(best_cnt >= job.need)[0]
+            return hit, best_cnt[hit], best_skip[hit]
 
     def scan():  # (seeds, matches, best skip) of each chunk's survivors
         for a in range(job.seed_start, job.seed_end, step):
-            b = min(job.seed_end, a + step)
-            best_cnt, best_skip = fn(a, b)
-            hit = np.nonzero(best_cnt >= need)[0]
-            yield (
-                hit.astype(np.uint64) + np.uint64(a),
-                best_cnt[hit].astype(np.int64),
-                best_skip[hit].astype(np.int64),
-            )
+            hit, cnt, skip = fn(a, min(job.seed_end, a + step))
+            yield hit.astype(np.uint64) + np.uint64(a), cnt.astype(np.int64), skip.astype(np.int64)
 
     # the GPU compacts the survivors on the device: only they come back
     for hit_seeds, hit_cnt, hit_skip in (

@@ -18,6 +18,8 @@ variable), what was found, what is expected.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -81,11 +83,20 @@ def _paths(name: str, value: Any) -> List[str]:
     return [_path(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
+def _shard(name: str, value: Any) -> str:
+    """`K/N`: this run is shard K of N of one step (docs/fanout.md, "Shards")."""
+    text = value.replace(" ", "") if isinstance(value, str) else ""
+    k, sep, n = text.partition("/")
+    if sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n):
+        return f"{int(k)}/{int(n)}"
+    raise ContractError(f"{name}: expected K/N with 1 <= K <= N (shard K of N, e.g. 1/2), got {value!r}")
+
+
 @dataclass(frozen=True)
 class Param:
     """One plan parameter: its type, bounds, default and whether it changes results."""
 
-    kind: str  # int, float, str, path, paths
+    kind: str  # int, float, str, path, paths, shard
     required: bool = False
     default: Any = None
     low: float | None = None  # inclusive
@@ -101,6 +112,7 @@ class Param:
             "str": _str,
             "path": _path,
             "paths": _paths,
+            "shard": _shard,
         }
         out = convert[self.kind](name, value)
         if self.choices and out not in self.choices:
@@ -120,6 +132,8 @@ def _fmt(x: float) -> str:
 
 SEED_SPACE = float(2**64 - 1)
 TIMEOUT = Param("float", default=3600.0, above=0)
+# Part of the identity: a resume with another shard is refused, the difference named.
+SHARD = Param("shard", identity=True)
 
 PARAMS: Dict[str, Dict[str, Param]] = {
     "score": {
@@ -131,6 +145,7 @@ PARAMS: Dict[str, Dict[str, Param]] = {
         "chunk_size": Param("int", default=1000, low=1, identity=True),
         "memory_model": Param("path"),
         "timeout": TIMEOUT,
+        "shard": SHARD,
     },
     "sieve": {
         "history": Param("path", required=True),
@@ -150,12 +165,14 @@ PARAMS: Dict[str, Dict[str, Param]] = {
         "mod": Param("int", default=1000, low=2, identity=True),
         "sessions": Param("str", default="both", choices=("midday", "evening", "both"), identity=True),
         "timeout": TIMEOUT,
+        "shard": SHARD,
     },
     "list": {
         "jobs_file": Param("path", required=True),
         "files": Param("paths", default=[]),
         "python": Param("str", default="{worker_bin}/python"),
         "timeout": TIMEOUT,
+        "shard": SHARD,
     },
 }
 
@@ -362,13 +379,25 @@ def _host_message(message: str, values: Dict[str, Any]) -> str:
 # -- identity ----------------------------------------------------------------------------
 def identity(kind: str, params: Dict[str, Any], inputs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """What the results depend on: the plan, the result-changing parameters, the inputs'
-    content hashes and the worker code. Two runs with equal identities give equal results."""
-    return {
+    content hashes and the worker code. Two runs with equal identities give equal results.
+    A shard (`shard: K/N`) also records `full_run`, the hash of the identity of the whole
+    run it is part of: the merge checks that every shard has the same."""
+    ident = {
         "plan": kind,
         "params": {k: params[k] for k, p in PARAMS[kind].items() if p.identity and k in params},
         "inputs": {k: v["sha256"] for k, v in sorted(inputs.items())},
         "worker": worker_identity() if kind != "list" else {},
     }
+    if params.get("shard"):
+        ident["full_run"] = full_run_hash(ident)
+    return ident
+
+
+def full_run_hash(ident: Dict[str, Any]) -> str:
+    """sha256 of an identity without its shard: equal for every shard of one run."""
+    whole = {k: v for k, v in ident.items() if k != "full_run"}
+    whole["params"] = {k: v for k, v in (ident.get("params") or {}).items() if k != "shard"}
+    return hashlib.sha256(json.dumps(whole, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def identity_changes(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:

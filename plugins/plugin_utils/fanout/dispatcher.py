@@ -117,4 +117,5 @@ def batch(
         run_id=run_id,
         dispatch_root=dispatch_root(host),
         worker_python=host.worker_bin + "/python",
+        lease=host.lease_file,
     )

@@ -3,7 +3,7 @@
 """GPU health in the plan: a GPU host gets slots only on the GPUs its preflight found
 usable (i23, i24).
 
-The preflight task playbooks/tasks/gpu_health.yml runs prng.cluster.gpu_facts on each
+The preflight entry point roles/cluster_host/tasks/gpu_health.yml runs prng.cluster.gpu_facts on each
 host, which records the fact `prng_gpu_health` ({"usable": [...], "excluded": {index:
 reason}, ...}, decided by module_utils/gpu_health.usable_gpus). `apply_health` reads it on
 the controller and sets `host_spec.gpu_indices`: slot i is bound to GPU gpu_indices[i].

@@ -12,13 +12,17 @@ job's state back, so nothing is redone or dropped (i15, i17, i22).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List
+
+# One copy of each, shared with the host modules (imported from here by the fan-out).
+from ansible_collections.prng.cluster.plugins.module_utils.fsutil import (  # noqa: F401
+    atomic_write_json,
+    file_sha256,
+)
 
 STATES = ("queued", "running", "done", "failed", "split")
 
@@ -63,31 +67,6 @@ class Job:
     @property
     def splittable(self) -> bool:
         return self.range is not None and self.range[1] - self.range[0] >= 2
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see half a file."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hash_inputs(inputs: Dict[str, str]) -> Dict[str, Dict[str, Any]]:

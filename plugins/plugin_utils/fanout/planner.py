@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import seeds_digest
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import shards
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import Job
 
 # Tokens a job's argv and output paths may hold; the dispatcher fills them per host/slot.
@@ -63,14 +64,18 @@ def host_memory_model(path: str | None, host: HostSpec) -> tuple[Dict[str, Any] 
 
 
 def predict_peak_mb(model: Dict[str, Any] | None, backend: str, chunk_size: int, n_draws: int) -> float:
-    """Predicted peak MiB of one worker (contract in docs/architecture.md)."""
+    """Predicted peak MiB of one worker: the workers' own formula
+    (prng_workers.scoring.memory_model.predict_peak_mb, the contract). No model at all: 0.0,
+    memory does not limit the slots (the plan says "no memory model"); a model without
+    `backend` is a PlanError naming the backends it has."""
     if not model:
         return 0.0
-    models = model.get("models", {})
-    m = models.get(backend) or models.get("numpy") or next(iter(models.values()), None)
-    if not m:
-        return 0.0
-    return float(m["base_mb"]) + float(m["bytes_per_seed_draw"]) * chunk_size * n_draws / 2**20
+    from prng_workers.scoring.memory_model import predict_peak_mb as workers_peak_mb
+
+    try:
+        return workers_peak_mb(model, backend, chunk_size, n_draws)
+    except ValueError as exc:  # the workers' InputError
+        raise PlanError(str(exc)) from None
 
 
 # -- throughput remembered between runs ---------------------------------------------------
@@ -196,6 +201,7 @@ class HostSpec:
     prng_home: str = "~/prng-cluster"
     worker_bin: str = "~/prng-cluster/venv/bin"
     input_dir: str = ""
+    lease_file: str = ""  # the run's ramdisk lease on input_dir; the host's agent renews it
     env_file: str | None = None
     backend: str = "numpy"
     device: str = "cpu"
@@ -276,6 +282,8 @@ class Plan:
 
     def __init__(self, params: Dict[str, Any]) -> None:
         self.params = params
+        #: a shard's record for run.json (slice, full plan's job count and digest); None: no shard
+        self.shard_info: Dict[str, Any] | None = None
 
     def inputs(self) -> Dict[str, str]:
         return {}
@@ -294,6 +302,18 @@ class Plan:
             host.device = "cuda" if host.backend in ("torch", "gpu") else "cpu"
 
     def make_jobs(self) -> List[Job]:
+        """The run's jobs: the full plan's, or with `shard: K/N` only shard K's contiguous
+        part of them (shards.py), the same part on every controller."""
+        jobs = self.full_jobs()
+        if not self.params.get("shard"):
+            return jobs
+        try:
+            part, self.shard_info = shards.select(jobs, self.params["shard"])
+        except shards.ShardError as exc:
+            raise PlanError(str(exc)) from None
+        return part
+
+    def full_jobs(self) -> List[Job]:
         raise NotImplementedError
 
     def expect(self, job: Job) -> Dict[str, Any]:
@@ -388,7 +408,7 @@ class ListPlan(Plan):
             return "{input_dir}/" + name
         return None
 
-    def make_jobs(self) -> List[Job]:
+    def full_jobs(self) -> List[Job]:
         path = self.params["jobs_file"]
         try:
             with open(path) as fh:
@@ -585,7 +605,7 @@ class ScorePlan(Plan):
             argv += ["--globals", "{input_dir}/" + os.path.basename(p["globals_file"])]
         return argv
 
-    def make_jobs(self) -> List[Job]:
+    def full_jobs(self) -> List[Job]:
         n = int(len(self.seeds))
         if n == 0:
             raise PlanError("survivors file {} holds no seeds".format(self.params["survivors"]))
@@ -622,7 +642,7 @@ class SievePlan(Plan):
     def inputs(self) -> Dict[str, str]:
         return {"history": self.params["history"]}
 
-    def make_jobs(self) -> List[Job]:
+    def full_jobs(self) -> List[Job]:
         p = self.params
         lo, hi, chunk = int(p["seed_start"]), int(p["seed_stop"]), int(p["chunk_size"])
         if hi <= lo or chunk <= 0:

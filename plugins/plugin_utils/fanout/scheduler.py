@@ -44,6 +44,11 @@ class Settings:
     max_host_failures: int = 3  # consecutive losses of a host: left out (still probed while others work)
     max_requeues: int = 6  # requeues of one job because its host vanished
     ema_alpha: float = 0.3  # moving average of throughput (gpu_optimizer.py)
+    # A batch takes at most this part of its slot's fair share of the work left ("factoring"):
+    # the share assumes the measured rates hold, and a batch sized on a rate that is off (a
+    # host measured on one job, a fixed cost per job) would finish alone at the end; halves
+    # leave later batches to even it out, at a few more dispatches (~0.05 s each).
+    fair_share_fraction: float = 0.5
     progress_interval: float = 5.0
     poll_seconds: float = 0.2  # longest wait for a result before the next round
 
@@ -131,11 +136,12 @@ class FanOut(Outcomes):
         # Enough work to make the transport's fixed cost small (target seconds at the
         # host's measured rate), but no more than this slot can do while all slots finish
         # what is left (queued + the rest of running batches) at their measured rates,
-        # so that near the end no slot idles while a slow one works through a big batch.
+        # so that near the end no slot idles while a slow one works through a big batch
+        # (a fraction of that share: see Settings.fair_share_fraction).
         # Longest jobs first: the small ones left at the end fill the gaps.
         total_rate = ctx["total_rate"] or host.rate
         target = host.rate * self.settings.target_dispatch_seconds
-        fair = host.rate * ctx["left"] / total_rate
+        fair = host.rate * ctx["left"] / total_rate * self.settings.fair_share_fraction
         limit = max(1.0, min(target, fair))
         self.last_limit = {"target": round(target, 1), "fair": round(fair, 1), "rate": round(host.rate, 3)}
         return self.index.pick(name, live, now, limit, self.settings.max_jobs_per_dispatch)

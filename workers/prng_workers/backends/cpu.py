@@ -104,6 +104,19 @@ def _affine_init(family: int, seed: np.uint64) -> np.uint64:
     return seed  # pcg32
 
 
+@njit(inline="always")
+def _emit(out_idx, out_cnt, out_skip, out_n, ch: int, idx: np.int64, bc: np.int64, bs: np.int64) -> None:
+    """Append one survivor to chunk ch's slice of the outputs (cap = len(out_idx) // chunks). A
+    full slice only counts on: the caller sees out_n[ch] > cap and runs the range again."""
+    cap = out_idx.shape[0] // out_n.shape[0]
+    t = out_n[ch]
+    if t < cap:
+        out_idx[ch * cap + t] = idx
+        out_cnt[ch * cap + t] = bc
+        out_skip[ch * cap + t] = bs
+    out_n[ch] = t + 1
+
+
 # ---------------------------------------------------------------- sequential families
 
 
@@ -226,19 +239,22 @@ def sieve_sequential(
     skip_max: np.int64,
     limit: np.uint64,
     pow2_shift: int,
-    best_cnt: np.ndarray,
-    best_skip: np.ndarray,
-    nthreads: int,
+    need: np.int64,
+    out_idx: np.ndarray,
+    out_cnt: np.ndarray,
+    out_skip: np.ndarray,
+    out_n: np.ndarray,
 ) -> None:
     """kind: 0 xorshift32, 1 xorshift64, 2 java_random, 3 mt19937 (full state).
-    Output index p (0-based) of draw i at skip s: offset + (i+1)(s+1) - 1."""
+    Output index p (0-based) of draw i at skip s: offset + (i+1)(s+1) - 1. The seeds whose
+    best count reaches `need` go to the outputs (see `_emit`; one slice per chunk of blocks)."""
     k = r.shape[0]
     n_skips = skip_max - skip_min + 1
     inv = 1.0 / np.float64(m)
     p_lo = offset + skip_min  # first output any skip compares
     p_hi = offset + k * (skip_max + 1)  # one past the last
     nblocks = (n + LANES - 1) // LANES
-    nchunks = min(nblocks, nthreads * 16)
+    nchunks = min(nblocks, out_n.shape[0])
     for ch in prange(nchunks):
         xs = np.empty(LANES, np.uint64)
         mt = np.empty((624 if kind == 3 else 1, LANES), np.uint32)
@@ -269,16 +285,15 @@ def sieve_sequential(
                             cnt[j, lane] += np.int64(buf[p, lane] == ri)
                 lo = hi
             base = b * LANES
-            for lane in range(LANES):
-                if base + lane < n:
-                    bc = np.int64(-1)
-                    bsk = np.int64(0)
-                    for j in range(n_skips):
-                        if cnt[j, lane] > bc:
-                            bc = cnt[j, lane]
-                            bsk = skip_min + j
-                    best_cnt[base + lane] = bc
-                    best_skip[base + lane] = bsk
+            for lane in range(min(LANES, n - base)):
+                bc = np.int64(-1)
+                bsk = np.int64(0)
+                for j in range(n_skips):
+                    if cnt[j, lane] > bc:
+                        bc = cnt[j, lane]
+                        bsk = skip_min + j
+                if bc >= need:
+                    _emit(out_idx, out_cnt, out_skip, out_n, ch, base + lane, bc, bsk)
 
 
 # ---------------------------------------------------------------- explicit SIMD kernels
@@ -561,67 +576,6 @@ def _mt_seed(typingctx, x, low, s0, variant):
     return types.void(x, low, s0, variant), codegen
 
 
-@intrinsic
-def _mt_best(typingctx, cnt, n_skips, skip_min, best_cnt, best_skip, base, sparse, variant):
-    """best_cnt/best_skip[base + lane] = the largest cnt[j, lane] over j and its first skip
-    (skip_min + j), for a whole block of lanes (all of them inside the output arrays). With
-    `sparse` (outputs zero-filled by the caller, skip_min 0) a block whose counts are all 0
-    writes nothing: its zeros are already there."""
-    if _lit(variant) is None:
-        return None
-    w = _w32(_lit(variant))
-
-    def codegen(context, builder, sig, args):
-        vt = ir.VectorType(_I32, w)
-        oc = ir.VectorType(ir.IntType(sig.args[3].dtype.bitwidth), w)  # the outputs' widths (8 to 32 bits)
-        os_ = ir.VectorType(ir.IntType(sig.args[4].dtype.bitwidth), w)
-        lanes = w * MT_VECS
-        cn = _data(context, builder, sig.args[0], args[0])
-        ns = _as_i64(context, builder, args[1], sig.args[1])
-        smin = builder.trunc(_as_i64(context, builder, args[2], sig.args[2]), _I32)
-        base = _as_i64(context, builder, args[5], sig.args[5])
-        bcp = _vptr(builder, _data(context, builder, sig.args[3], args[3]), base, oc)
-        bsp = _vptr(builder, _data(context, builder, sig.args[4], args[4]), base, os_)
-        c0 = _vptr(builder, cn, ir.Constant(_I64, 0), vt)
-        bc = [cgutils.alloca_once(builder, vt) for _ in range(MT_VECS)]
-        bs = [cgutils.alloca_once(builder, vt) for _ in range(MT_VECS)]
-        for v in range(MT_VECS):
-            builder.store(_vload(builder, c0, v), bc[v])
-            builder.store(_splat(builder, smin, vt), bs[v])
-        with cgutils.for_range(builder, builder.sub(ns, ir.Constant(_I64, 1))) as loop:
-            j = builder.add(loop.index, ir.Constant(_I64, 1))
-            cj = _vptr(builder, cn, builder.mul(j, ir.Constant(_I64, lanes)), vt)
-            sj = _splat(builder, builder.add(smin, builder.trunc(j, _I32)), vt)
-            for v in range(MT_VECS):
-                c, b = _vload(builder, cj, v), builder.load(bc[v])
-                better = builder.icmp_signed(">", c, b)  # ties keep the smaller skip
-                builder.store(builder.select(better, c, b), bc[v])
-                builder.store(builder.select(better, sj, builder.load(bs[v])), bs[v])
-
-        def narrow(v, t):
-            return v if t == vt else builder.trunc(v, t)
-
-        top = builder.load(bc[0])
-        for v in range(1, MT_VECS):
-            top = builder.or_(top, builder.load(bc[v]))  # counts are >= 0: nonzero iff some count is
-        reduce_or = _intrinsic_fn(builder, f"llvm.vector.reduce.or.v{w}i32", _I32, [vt])
-        dense = builder.icmp_signed(
-            "==", _as_i64(context, builder, args[6], sig.args[6]), ir.Constant(_I64, 0)
-        )
-        write = builder.or_(
-            dense, builder.icmp_signed("!=", builder.call(reduce_or, [top]), ir.Constant(_I32, 0))
-        )
-        with builder.if_then(write):
-            for v in range(MT_VECS):
-                _vstore(builder, narrow(builder.load(bc[v]), oc), bcp, v)
-                _vstore(builder, narrow(builder.load(bs[v]), os_), bsp, v)
-        return context.get_dummy_value()
-
-    if not {best_cnt.dtype.bitwidth, best_skip.dtype.bitwidth} <= {8, 16, 32}:
-        return None
-    return types.void(cnt, n_skips, skip_min, best_cnt, best_skip, base, sparse, variant), codegen
-
-
 # ---- affine families: the draw loop of one block at one skip
 
 
@@ -782,15 +736,17 @@ def affine_kernel(family: int, variant: int):
         c_first: np.ndarray,
         a_stride: np.ndarray,
         c_stride: np.ndarray,
-        best_cnt: np.ndarray,
-        best_skip: np.ndarray,
-        nthreads: int,
+        out_idx: np.ndarray,
+        out_cnt: np.ndarray,
+        out_skip: np.ndarray,
+        out_n: np.ndarray,
     ) -> None:
         """a_first/c_first[j]: T^(first + s + 1), a_stride/c_stride[j]: T^(s + 1) for
-        s = skip_min + j; rt, mode, mconst: the window as `_affine_compare` prepares it."""
+        s = skip_min + j; rt, mode, mconst: the window as `_affine_compare` prepares it. The
+        seeds whose best count reaches `need` go to the outputs (`_emit`)."""
         n_skips = a_first.shape[0]
         nblocks = (n + lanes - 1) // lanes
-        nchunks = min(nblocks, nthreads * 16)
+        nchunks = min(nblocks, out_n.shape[0])
         for ch in prange(nchunks):
             x0 = np.empty(lanes, np.uint64)
             x = np.empty(lanes, np.uint64)
@@ -813,8 +769,8 @@ def affine_kernel(family: int, variant: int):
                             bs[lane] = skip_min + j
                 base = b * lanes
                 for lane in range(min(lanes, n - base)):
-                    best_cnt[base + lane] = bc[lane]
-                    best_skip[base + lane] = bs[lane]
+                    if bc[lane] >= need:
+                        _emit(out_idx, out_cnt, out_skip, out_n, ch, base + lane, bc[lane], bs[lane])
 
     return sieve_affine
 
@@ -848,17 +804,18 @@ def mt_partial_kernel(variant: int):
         skip_min: np.int64,
         skip_max: np.int64,
         need: np.int64,
-        best_cnt: np.ndarray,
-        best_skip: np.ndarray,
-        nthreads: int,
-        sparse: int,
+        out_idx: np.ndarray,
+        out_cnt: np.ndarray,
+        out_skip: np.ndarray,
+        out_n: np.ndarray,
     ) -> None:
         """mt19937 when every compared output index p < 227: output p = temper(twist(mt[p],
         mt[p+1], mt[p+397])) of the seeded state; words 0..p_max+1 and 397..p_max+397 suffice
         (php_mt_seed's idea). The seeds of a block run in u32 vector lanes; draw i of every
         skip is compared before the state is advanced further, and the block stops as soon as
         none of its seeds can still reach `need` (for an exact window: at the first draw that
-        misses at every skip; the counts of such seeds are then lower bounds)."""
+        misses at every skip). Only a block whose highest count reaches `need` looks at its
+        lanes; their survivors go to the outputs (`_emit`)."""
         k = r.shape[0]
         n_skips = skip_max - skip_min + 1
         p_max = offset + k * (skip_max + 1) - 1
@@ -868,7 +825,7 @@ def mt_partial_kernel(variant: int):
         else:
             mode, mconst, inv = 1, m, np.nextafter(1.0 / np.float64(m), np.inf)
         nblocks = (n + lanes - 1) // lanes
-        nchunks = min(nblocks, nthreads * 16)
+        nchunks = min(nblocks, out_n.shape[0])
         for ch in prange(nchunks):
             x = np.empty(lanes, np.uint32)
             low = np.empty((w, lanes), np.uint32)
@@ -897,24 +854,102 @@ def mt_partial_kernel(variant: int):
                         top = max(top, _count_eq(out, p, r[i], cnt, j, variant))
                     if top + (k - 1 - i) < need:
                         break
-                base = b * lanes
-                if base + lanes <= n:
-                    _mt_best(cnt, n_skips, skip_min, best_cnt, best_skip, base, sparse, variant)
+                if top < need:  # most blocks: no seed of it survives
                     continue
-                for lane in range(n - base):  # the last, partial block
+                base = b * lanes
+                for lane in range(min(lanes, n - base)):
                     bc = cnt[0, lane]
                     bs = skip_min
                     for j in range(1, n_skips):
                         if cnt[j, lane] > bc:
                             bc = cnt[j, lane]
                             bs = skip_min + j
-                    best_cnt[base + lane] = bc
-                    best_skip[base + lane] = bs
+                    if bc >= need:
+                        _emit(out_idx, out_cnt, out_skip, out_n, ch, base + lane, bc, bs)
 
     return sieve_mt_partial
 
 
 MT_PARTIAL_LIMIT = 227  # output indices below this need only the seeded state
+
+
+def sieve_survivors(
+    family: str,
+    seed_start: int,
+    seed_end: int,
+    residues: np.ndarray,
+    m: int,
+    offset: int,
+    skip_min: int,
+    skip_max: int,
+    need: int,
+    variant: int | None = None,
+    expect: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeds of [seed_start, seed_end) whose best match count reaches `need`: (offset from
+    seed_start, best count, its smallest skip), in seed order, with exact counts and skips.
+
+    The kernels compact the survivors themselves (one output slice per chunk of blocks), so
+    nothing is allocated, written or scanned per seed. `expect`: the expected survivor fraction
+    (sizes the slices; a slice that fills up makes the range run once more, sized to fit).
+    `variant`: the explicit-SIMD kernels' code (None: the fastest this CPU runs, `FAST`)."""
+    n = seed_end - seed_start
+    if n <= 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z.astype(np.int32), z.astype(np.int32)
+    k = residues.shape[0]
+    start = np.uint64(seed_start)
+    mt_partial = family == "mt19937" and offset + k * (skip_max + 1) - 1 < MT_PARTIAL_LIMIT
+    lanes = LANES
+    if family in AFFINE_KIND:
+        fam = get_family(family)
+        lcg = fam.lcg  # type: ignore[attr-defined]
+        first = offset - (1 if fam.output_before_step else 0)  # type: ignore[attr-defined]
+        skips = range(skip_min, skip_max + 1)
+        af, cf = zip(*(lcg.jump_int(first + s + 1) for s in skips), strict=True)
+        ast, cst = zip(*(lcg.jump_int(s + 1) for s in skips), strict=True)
+        fam_id = {"java_lcg": 0, "minstd": 1, "lcg32": 2, "pcg32": 3}[family]
+        var = FAST["affine"] if variant is None else variant
+        lanes = _aff_vecs(var) * (8 if var & WIDE else 4)
+        rt, mode, mconst = _affine_compare(residues, m, ifma=bool(var & IFMA))
+        kernel = affine_kernel(fam_id, var)
+        u64 = functools.partial(np.array, dtype=np.uint64)
+        args = (start, np.int64(n), rt, np.int64(mode), np.uint64(mconst), np.int64(need))
+        args += (np.int64(skip_min), u64(af), u64(cf), u64(ast), u64(cst))
+    elif mt_partial:
+        var = FAST["mt19937"] if variant is None else variant & WIDE
+        lanes = MT_VECS * _w32(var)
+        kernel = mt_partial_kernel(var)
+        args = (start, np.int64(n), residues.astype(np.uint32), np.int64(m), np.int64(offset))
+        args += (np.int64(skip_min), np.int64(skip_max), np.int64(need))
+    else:
+        limit = reject_limit(m) if family == "java_random" else 0
+        pow2_shift = (m.bit_length() - 1) if family == "java_random" and m & (m - 1) == 0 else -1
+        kernel = functools.partial(sieve_sequential, SEQ_KIND[family])
+        args = (start, np.int64(n), residues.astype(np.uint32), np.int64(m), np.int64(offset))
+        args += (np.int64(skip_min), np.int64(skip_max), np.uint64(limit), pow2_shift, np.int64(need))
+    nblocks = -(-n // lanes)
+    chunks = min(nblocks, numba.get_num_threads() * 16)
+    blocks_per_chunk = -(-nblocks // chunks)
+    # twice the expected survivors of a chunk, + 64: a refill is rare and only costs one rerun
+    cap = min(blocks_per_chunk * lanes, int(2 * expect * blocks_per_chunk * lanes) + 64)
+    while True:
+        out_n = np.zeros(chunks, dtype=np.int64)
+        out_idx = np.empty(chunks * cap, dtype=np.int64)
+        out_cnt = np.empty(chunks * cap, dtype=np.int32)
+        out_skip = np.empty(chunks * cap, dtype=np.int32)
+        # chunks go to the threads one at a time as they come free (Numba's default deals each
+        # thread an equal share up front: on a loaded host every call then waits for the slowest)
+        with numba.parallel_chunksize(1):
+            kernel(*args, out_idx, out_cnt, out_skip, out_n)
+        if int(out_n.max()) <= cap:
+            break
+        cap = int(out_n.max())
+    if chunks == 1:
+        t = int(out_n[0])
+        return out_idx[:t], out_cnt[:t], out_skip[:t]
+    sel = np.concatenate([np.arange(c * cap, c * cap + int(t)) for c, t in enumerate(out_n.tolist())])
+    return out_idx[sel], out_cnt[sel], out_skip[sel]
 
 
 def sieve_range(
@@ -929,88 +964,17 @@ def sieve_range(
     need: int,
     variant: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best match count and its (smallest) skip for every seed in [seed_start, seed_end).
-
-    Exact for every seed whose best count reaches `need` (the survivors). The affine and the
-    mt19937 partial-state kernels stop a block once none of its seeds can still reach `need`,
-    so for seeds that cannot survive the returned count may be a lower bound. The arrays are
-    the narrowest signed ints holding the window length and skip_max. `variant`: the
-    explicit-SIMD kernels' code (None: the fastest this CPU runs, `FAST`)."""
+    """Best match count and its (smallest) skip for every seed in [seed_start, seed_end), as
+    the NumPy path gives them (tests, benchmarks): every seed with a match comes back from
+    `sieve_survivors` at need 1, the others have 0 matches at skip_min. `need` is not used
+    (kept for the callers' argument list): every count is exact."""
+    del need
     n = seed_end - seed_start
-    k = residues.shape[0]
-    # the narrowest ints that hold the counts and the skips: fewer bytes written, faulted in and
-    # scanned per seed, which the fastest kernels notice (~10 ns a seed for mt19937)
-    cnt_dtype = np.int8 if k < 2**7 else (np.int16 if k < 2**15 else np.int32)
-    skip_dtype = np.int16 if skip_max < 2**15 else np.int32
-    mt_partial = family == "mt19937" and offset + k * (skip_max + 1) - 1 < MT_PARTIAL_LIMIT
-    # mt19937 partial state with skip_min 0: zero-filled outputs, and a block whose counts are
-    # all 0 (most of them) writes nothing; untouched calloc'd pages cost no faults or zeroing
-    sparse = mt_partial and skip_min == 0
-    best_cnt = (np.zeros if sparse else np.empty)(n, dtype=cnt_dtype)
-    best_skip = (np.zeros if sparse else np.empty)(n, dtype=skip_dtype)
-    if n == 0:
-        return best_cnt, best_skip
-    start = np.uint64(seed_start)
-    if family in AFFINE_KIND:
-        fam = get_family(family)
-        lcg = fam.lcg  # type: ignore[attr-defined]
-        first = offset - (1 if fam.output_before_step else 0)  # type: ignore[attr-defined]
-        skips = range(skip_min, skip_max + 1)
-        af, cf = zip(*(lcg.jump_int(first + s + 1) for s in skips), strict=True)
-        ast, cst = zip(*(lcg.jump_int(s + 1) for s in skips), strict=True)
-        fam_id = {"java_lcg": 0, "minstd": 1, "lcg32": 2, "pcg32": 3}[family]
-        var = FAST["affine"] if variant is None else variant
-        rt, mode, mconst = _affine_compare(residues, m, ifma=bool(var & IFMA))
-        affine_kernel(fam_id, var)(
-            start,
-            np.int64(n),
-            rt,
-            np.int64(mode),
-            np.uint64(mconst),
-            np.int64(need),
-            np.int64(skip_min),
-            np.array(af, dtype=np.uint64),
-            np.array(cf, dtype=np.uint64),
-            np.array(ast, dtype=np.uint64),
-            np.array(cst, dtype=np.uint64),
-            best_cnt,
-            best_skip,
-            numba.get_num_threads(),
-        )
-        return best_cnt, best_skip
-    r32 = residues.astype(np.uint32)
-    if mt_partial:
-        var = FAST["mt19937"] if variant is None else variant & WIDE
-        mt_partial_kernel(var)(
-            start,
-            np.int64(n),
-            r32,
-            np.int64(m),
-            np.int64(offset),
-            np.int64(skip_min),
-            np.int64(skip_max),
-            np.int64(need),
-            best_cnt,
-            best_skip,
-            numba.get_num_threads(),
-            np.int64(sparse),
-        )
-        return best_cnt, best_skip
-    limit = reject_limit(m) if family == "java_random" else 0
-    pow2_shift = (m.bit_length() - 1) if family == "java_random" and m & (m - 1) == 0 else -1
-    sieve_sequential(
-        SEQ_KIND[family],
-        start,
-        np.int64(n),
-        r32,
-        np.int64(m),
-        np.int64(offset),
-        np.int64(skip_min),
-        np.int64(skip_max),
-        np.uint64(limit),
-        pow2_shift,
-        best_cnt,
-        best_skip,
-        numba.get_num_threads(),
+    idx, cnt, skip = sieve_survivors(
+        family, seed_start, seed_end, residues, m, offset, skip_min, skip_max, 1, variant, expect=1.0
     )
+    best_cnt = np.zeros(n, dtype=np.int32)
+    best_skip = np.full(n, skip_min, dtype=np.int32)
+    best_cnt[idx] = cnt
+    best_skip[idx] = skip
     return best_cnt, best_skip

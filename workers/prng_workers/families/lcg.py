@@ -2,7 +2,10 @@
 
 T(x) = (a*x + c) mod M is affine, so T^k(x) = A_k*x + C_k mod M: a skip of any size costs one
 multiply-add ("jump-ahead"). The vectorised form computes those constants per seed with
-binary exponentiation, then fills blocks of draws with one (n, B) multiply-add each.
+binary exponentiation, then fills blocks of draws with one (n, B) multiply-add each. The
+tables of a block (T^(j*stride) for j < B, per stride) are built by doubling and kept per
+set of strides, and every block is computed in place in reused buffers: a scoring
+sub-batch's draws cost a few passes over the output, not a Python loop per 64 draws.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from prng_workers.families.base import (
 )
 
 P31 = (1 << 31) - 1
-BLOCK = 64
+BLOCK = 2048  # draws per block: (n, BLOCK) uint64 buffers stay in L2 for a scoring sub-batch
 
 
 class Affine:
@@ -81,31 +84,83 @@ class Affine:
         inv = pow(a % self.mod, -1, self.mod)
         return inv, (-inv * c) % self.mod
 
+    def reduce_(self, v: np.ndarray) -> np.ndarray:
+        """v mod M in place, for v a wrapped product-plus-sum (< 2^63 for the prime modulus)."""
+        if self.mod == 1 << 64:
+            return v
+        if self.pow2:
+            return np.bitwise_and(v, np.uint64(self.mod - 1), out=v)
+        # 2^31 - 1: fold the high bits twice (no element-wise division), then one subtraction
+        t = np.right_shift(v, np.uint64(31))
+        np.bitwise_and(v, np.uint64(P31), out=v)
+        v += t
+        np.right_shift(v, np.uint64(31), out=t)
+        np.bitwise_and(v, np.uint64(P31), out=v)
+        v += t
+        return np.subtract(v, np.uint64(P31), out=v, where=v >= np.uint64(P31))
+
+    def tables(self, strides: tuple[int, ...], width: int) -> tuple[np.ndarray, ...]:
+        """(ta, tc, ab, cb): T^(j*stride) = ta[u, j]*x + tc[u, j] for j < width, and the
+        constants of T^(width*stride), per stride u. Built by doubling, cached per strides."""
+        key = (strides, width)
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            a1, c1 = self.jump(np.array(strides, dtype=np.int64))
+            ta = np.empty((len(strides), width), dtype=np.uint64)
+            tc = np.empty((len(strides), width), dtype=np.uint64)
+            ta[:, 0], tc[:, 0] = 1, 0
+            half = 1
+            while half < width:  # T^(j+h) = T^h o T^j for j < h, with T^h = T o T^(h-1)
+                ah = self.mul(a1, ta[:, half - 1])
+                ch = self.add(self.mul(a1, tc[:, half - 1]), c1)
+                hi = min(width, 2 * half)
+                ta[:, half:hi] = self.mul(ah[:, None], ta[:, : hi - half])
+                tc[:, half:hi] = self.add(self.mul(ah[:, None], tc[:, : hi - half]), ch[:, None])
+                half = hi
+            ab, cb = self.jump(np.array(strides, dtype=np.int64) * width)
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = (ta, tc, ab, cb)
+        return cache[key]
+
     def states_at(
         self, x0: np.ndarray, skip: np.ndarray, count: int, first: int
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (i0, X) blocks: X[:, j] = T^(first + (i0+j+1)(s+1))(x0), s = per-seed skip.
 
-        `first` is the offset (offset-1 when the output is read before the step)."""
+        `first` is the offset (offset-1 when the output is read before the step). X is one
+        buffer reused from block to block: use it before asking for the next."""
         uniq, inv = np.unique(skip, return_inverse=True)
         stride = uniq + 1
         a0, c0 = self.jump(first + stride)
-        a0, c0 = a0[inv], c0[inv]
-        x = self.add(self.mul(a0, x0), c0)
+        x = self.add(self.mul(a0[inv], x0), c0[inv])
         width = min(BLOCK, max(count, 1))
-        a1, c1 = self.jump(stride)
-        ta = np.empty((uniq.size, width), dtype=np.uint64)
-        tc = np.empty((uniq.size, width), dtype=np.uint64)
-        ta[:, 0], tc[:, 0] = 1, 0
-        for j in range(1, width):
-            ta[:, j] = self.mul(a1, ta[:, j - 1])
-            tc[:, j] = self.add(self.mul(a1, tc[:, j - 1]), c1)
-        ab, cb = self.jump(stride * width)
-        ta, tc, ab, cb = ta[inv], tc[inv], ab[inv], cb[inv]
-        for i0 in range(0, count, width):
-            w = min(width, count - i0)
-            yield i0, self.add(self.mul(ta[:, :w], x[:, None]), tc[:, :w])
-            x = self.add(self.mul(ab, x), cb)
+        ta, tc, ab, cb = self.tables(tuple(stride.tolist()), width)
+        one = uniq.size == 1  # the usual case: one skip, the tables broadcast over the seeds
+        ta, tc = (ta, tc) if one else (ta[inv], tc[inv])
+        ab, cb = ab[inv], cb[inv]
+        buf = np.empty((x0.size, width), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for i0 in range(0, count, width):
+                w = min(width, count - i0)
+                X = buf[:, :w]
+                np.multiply(ta[:, :w], x[:, None], out=X)
+                X += tc[:, :w]
+                yield i0, self.reduce_(X)
+                x = self.add(self.mul(ab, x), cb)
+
+
+def mod_u32(v: np.ndarray, m: int) -> np.ndarray:
+    """v mod m for outputs v < 2^32: NumPy divides uint32 by a scalar with SIMD (its `%`
+    divides element by element), so v - m * (v // m) in uint32 when m fits."""
+    if m > 1 << 32:
+        return v % np.uint64(m)
+    if m == 1 << 32:
+        return v
+    v32 = v.astype(np.uint32)
+    q = v32 // np.uint32(m)
+    q *= np.uint32(m)
+    return np.subtract(v32, q, out=q)
 
 
 class AffineFamily(Family):
@@ -149,9 +204,8 @@ class AffineFamily(Family):
         if s.size == 0 or count == 0:
             return out
         first = int(offset) - (1 if self.output_before_step else 0)
-        mm = np.uint64(m)
         for i0, X in self.lcg.states_at(self.init_np(s), sk, count, first):
-            out[:, i0 : i0 + X.shape[1]] = self.out_np(X) % mm
+            out[:, i0 : i0 + X.shape[1]] = mod_u32(self.out_np(X), m)
         return out
 
     def draws_backward(self, seeds: Any, count: int, m: int, skip: int, last_call: int) -> np.ndarray:

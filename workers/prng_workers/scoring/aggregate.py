@@ -13,7 +13,6 @@ manifest is written last.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import socket
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from prng_workers.errors import CliParser, InputError, run_cli
-from prng_workers.formats import write_survivors
+from prng_workers.formats import file_sha256, write_survivors
 from prng_workers.scoring import output
 
 MANIFEST_VERSION = 1
@@ -161,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         atomic_write_bytes(out, json.dumps(records).encode() + b"\n")
     else:
         write_survivors(out, merged, {"kind": "survivors_with_scores"}, sort_by_seed=False)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = file_sha256(out)
 
     per_host: dict[str, dict[str, Any]] = defaultdict(lambda: {"jobs": 0, "seeds": 0, "seconds": 0.0})
     hosts_col = merged.get("metadata.host")

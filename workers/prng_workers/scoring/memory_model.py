@@ -119,7 +119,7 @@ def measure_once(argv: list[str], env: dict[str, str] | None = None) -> dict[str
         raise RuntimeError(f"worker exited {proc.returncode}: {stderr.strip()[-300:]}")
     summary = json.loads(stdout.strip().splitlines()[-1])
     return {"peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1), "wall_s": round(wall, 3),
-            "summary": summary}
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "summary": summary}
 
 
 def worker_argv(surv: Path, train: Path, holdout: Path, chunk: int, family: str, backend: str,

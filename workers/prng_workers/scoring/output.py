@@ -77,23 +77,38 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _values(arr: np.ndarray) -> list[Any]:
+    """Python values of a column (`tolist` gives Python scalars except inside object arrays)."""
+    vals = np.asarray(arr).tolist()
+    return [_plain(v) for v in vals] if np.asarray(arr).dtype == object else vals
+
+
 def columns_to_records(cols: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """JSON-ready records from columns (Python ints/floats/strs)."""
+    """JSON-ready records from columns (Python ints/floats/strs). Built row-wise with zip (one
+    tuple per seed and group, then dict(zip(keys, row))): no per-value Python call."""
     seeds = [int(s) for s in cols["seeds"].tolist()]
-    feat = {k[len(FEATURE):]: cols[k].tolist() for k in cols if k.startswith(FEATURE)}
-    meta = {k[len(META):]: cols[k].tolist() for k in cols if k.startswith(META)}
-    top = {k: cols[k].tolist() for k in TOP}
-    extra = {k: cols[k].tolist() for k in cols
-             if k not in TOP and k != "seeds" and not k.startswith((FEATURE, META))}
+    fkeys = [k[len(FEATURE) :] for k in cols if k.startswith(FEATURE)]
+    mkeys = [k[len(META) :] for k in cols if k.startswith(META)]
+    xkeys = [k for k in cols if k not in TOP and k != "seeds" and not k.startswith((FEATURE, META))]
+    n = len(seeds)
+
+    def rows(names: list[str]) -> Any:
+        return zip(*(_values(cols[k]) for k in names), strict=True) if names else iter([()] * n)
+
+    frows, mrows, xrows = rows([FEATURE + k for k in fkeys]), rows([META + k for k in mkeys]), rows(xkeys)
+    top = zip(*(_values(cols[k]) for k in TOP), strict=True)
     records = []
-    for i, seed in enumerate(seeds):
-        rec: dict[str, Any] = {"seed": seed, "score": top["score"][i],
-                               "features": {k: _plain(v[i]) for k, v in feat.items()},
-                               "holdout_hits": top["holdout_hits"][i],
-                               "holdout_quality": top["holdout_quality"][i],
-                               "metadata": {k: _plain(v[i]) for k, v in meta.items()}}
-        for k, v in extra.items():
-            rec[k] = _plain(v[i])
+    for seed, (score, hits, quality), f, m, x in zip(seeds, top, frows, mrows, xrows, strict=True):
+        rec: dict[str, Any] = {
+            "seed": seed,
+            "score": score,
+            "features": dict(zip(fkeys, f, strict=True)),
+            "holdout_hits": hits,
+            "holdout_quality": quality,
+            "metadata": dict(zip(mkeys, m, strict=True)),
+        }
+        if x:
+            rec.update(zip(xkeys, x, strict=True))
         records.append(rec)
     return records
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT / "collections"))
 
 from ansible_collections.prng.cluster.plugins.filter.run_summary import FilterModule, run_summary  # noqa: E402
@@ -91,7 +92,7 @@ def test_through_ansible() -> None:
     fixture = FIX / "step3_demo_local.json"
     proc = subprocess.run(
         [
-            str(Path(sys.executable).parent / "ansible"),
+            shutil.which("ansible", path=env["PATH"]) or "ansible",  # ansible-test puts its own on PATH
             "localhost",
             "-m",
             "ansible.builtin.debug",

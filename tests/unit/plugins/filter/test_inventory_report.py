@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT / "collections"))
 
 from ansible_collections.prng.cluster.plugins.filter.inventory_report import inventory_report  # noqa: E402
@@ -27,7 +27,7 @@ GOOD = {
         "available_mb": 30000,
         "limit_mb": 32000,
         "workers_fit": 50,
-        "shm": {"present": True, "used_pct": 1.0, "size_mb": 16000},
+        "shm": {"present": True, "used_percent": 1.0, "size_mb": 16000},
     },
     "ramdisk": {"shm": {"fstype": "tmpfs"}},
     "ramdisk_root": "/dev/shm/prng",

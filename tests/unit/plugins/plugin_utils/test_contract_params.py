@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "collections"))
 
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import contract  # noqa: E402

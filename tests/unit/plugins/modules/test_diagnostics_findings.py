@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT / "collections"))
 
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
@@ -127,10 +127,10 @@ def test_memory_and_shm_thresholds() -> None:
     mem2 = dict(mem, limit_source="cgroup_v2", limit_mb=4096, available_mb=3000, host_total_mb=282 * 1024)
     f = by_check(dg.memory_findings(mem2, 2048))
     assert f["memory_limit"][0]["severity"] == "info" and f["memory"][0]["severity"] == "ok"
-    shm = {"present": True, "path": "/dev/shm", "used_mb": 50, "size_mb": 64, "used_pct": 78.1}
+    shm = {"present": True, "path": "/dev/shm", "used_mb": 50, "size_mb": 64, "used_percent": 78.1}
     assert dg.shm_findings(shm, 50, 80)[0]["severity"] == "warning"
-    assert dg.shm_findings(dict(shm, used_pct=80.0), 50, 80)[0]["severity"] == "critical"
-    assert dg.shm_findings(dict(shm, used_pct=10.0), 50, 80)[0]["severity"] == "ok"
+    assert dg.shm_findings(dict(shm, used_percent=80.0), 50, 80)[0]["severity"] == "critical"
+    assert dg.shm_findings(dict(shm, used_percent=10.0), 50, 80)[0]["severity"] == "ok"
     assert (
         dg.shm_findings({"present": False, "path": "/x", "error": "gone"}, 50, 80)[0]["severity"]
         == "critical"
@@ -188,3 +188,13 @@ def test_host_diagnostics_module_on_the_hung_rig(tmp_path: Path) -> None:
     assert out["memory"]["limit_mb"] == 7885 and out["gpu"]["unhealthy"] == [7]
     rc, out = run_module(host_diagnostics, {"shm_warn_pct": 90, "shm_crit_pct": 80})
     assert rc == 1 and "shm_warn_pct" in out["msg"]
+
+
+def test_a_ramdisk_root_the_ramdisk_refuses_is_a_finding_not_a_listing_of_it(tmp_path: Path) -> None:
+    # before: any error fell back to listing the folder itself, so /etc showed its
+    # sub-folders as "incomplete" steps and the refusal was never said
+    for root in ("/etc", "relative/prng"):
+        status = dg.ramdisk_status(root)
+        assert status["steps"] == [] and "refusing" in status["error"], status
+        (f,) = dg.ramdisk_findings(status, ["step3"])
+        assert f["severity"] == "warning" and "refusing" in f["message"] and root in f["message"]

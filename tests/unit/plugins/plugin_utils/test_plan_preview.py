@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "collections"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "collections"))
 
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (  # noqa: E402
     HostSpec,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT / "collections"))
 
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
@@ -164,9 +164,10 @@ def test_i26_real_cgroup_limit_read_from_inside() -> None:
         pytest.skip(f"cannot create a memory cgroup here: {exc}")
     try:
         (cg / limit_file).write_text(str(512 * M))
-        code = ("import json,sys; sys.path.insert(0, {!r});"
+        top = str(Path(memory.__file__).parents[5])  # the folder holding ansible_collections
+        code = (f"import json,sys; sys.path.insert(0, {top!r});"
                 "from ansible_collections.prng.cluster.plugins.module_utils.memory import memory_facts;"
-                "print(json.dumps(memory_facts()))".format(str(ROOT / "collections")))
+                "print(json.dumps(memory_facts()))")
         procs = str(cg / "cgroup.procs")
 
         def enter() -> None:  # runs in the child before exec: join the cgroup
