@@ -24,4 +24,4 @@ test: setup system-deps
 
 # The plugin tests (tests/unit/plugins) under `ansible-test units`; `make test` runs them through pytest.
 ansible-test-units: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/ansible-test-units.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/ansible-test.sh units

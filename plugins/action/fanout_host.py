@@ -6,7 +6,6 @@ from __future__ import annotations
 # Documentation: plugins/modules/fanout_host.py (ansible-doc prng.cluster.fanout_host).
 import base64
 import os
-import shlex
 import socket
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from ansible_collections.prng.cluster.plugins.module_utils import (
     job_runner,
     job_validate,
 )
+from ansible_collections.prng.cluster.plugins.plugin_utils.session import session_command
 
 proto = fanout_protocol
 # The agent's code, sent over the session after proto.BOOT (dependencies first).
@@ -191,20 +191,7 @@ class ActionModule(ActionBase):
         if not python or python.startswith("auto"):
             python = worker_python  # the worker venv's Python, checked by the step preflight
         remote = [python, "-u", "-c", proto.BOOT, proto.AGENT_TAG, run_id]
-        conn = self._connection
-        if conn.transport == "local":
-            return remote, None
-        if conn.transport != "ssh":
-            raise ValueError(f"connection {conn.transport!r} is not supported by the fan-out (ssh or local)")
-        conn.host = conn.get_option("host") or conn._play_context.remote_addr
-        argv = conn._build_command(conn.get_option("ssh_executable"), "ssh", conn.host, shlex.join(remote))
-        pipe, conn.sshpass_pipe = conn.sshpass_pipe, None
-        if pipe:  # password login: sshpass reads it from this pipe, as Ansible's ssh does
-            password = conn.get_option("password") or conn._play_context.password
-            os.write(pipe[1], str(password).encode() + b"\n")
-            os.close(pipe[1])
-            return argv, (pipe[0],)
-        return argv, None
+        return session_command(self._connection, remote)
 
     def pull(self, msg: Dict[str, Any], incoming: str) -> Dict[str, Any]:
         """Put a result's outputs under `incoming`/<job id>/: inline ones from the message,

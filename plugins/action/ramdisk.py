@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from ansible.utils.display import Display
 from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
 from ansible_collections.prng.cluster.plugins.module_utils.fanout_protocol import _REGISTER
 from ansible_collections.prng.cluster.plugins.module_utils.fsutil import file_sha256
+from ansible_collections.prng.cluster.plugins.plugin_utils.session import session_command
 
 display = Display()
 
@@ -427,14 +427,4 @@ class ActionModule(ActionBase):
         if self._play_context.become or conn.transport not in ("ssh", "local"):
             return None
         remote = [self._remote_python(task_vars, prep), "-c", RECEIVE_BOOT, rd.RECEIVE_TAG]
-        if conn.transport == "local":
-            return remote, ()
-        conn.host = conn.get_option("host") or conn._play_context.remote_addr
-        argv = conn._build_command(conn.get_option("ssh_executable"), "ssh", conn.host, shlex.join(remote))
-        pipe, conn.sshpass_pipe = conn.sshpass_pipe, None
-        if pipe:  # password login: sshpass reads it from this pipe, as Ansible's ssh does
-            password = conn.get_option("password") or conn._play_context.password
-            os.write(pipe[1], str(password).encode() + b"\n")
-            os.close(pipe[1])
-            return argv, (pipe[0],)
-        return argv, ()
+        return session_command(conn, remote)

@@ -41,6 +41,7 @@ import sys
 import time
 import uuid
 
+from ansible_collections.prng.cluster.plugins.module_utils import defaults
 from ansible_collections.prng.cluster.plugins.module_utils.fsutil import file_sha256, mount_usage
 from ansible_collections.prng.cluster.plugins.module_utils.fsutil import tree_bytes as fsutil_tree_bytes
 
@@ -107,7 +108,7 @@ def resolve_root(root):
     if real in PROTECTED or real == home or real.count("/") < 2:
         raise RamdiskError(
             f"refusing: ramdisk root {root!r} resolves to {real}, a system directory; "
-            "use a folder of its own such as /dev/shm/prng"
+            "use a folder of its own such as " + defaults.PRNG_RAMDISK_ROOT
         )
     return real
 

@@ -361,6 +361,7 @@ busy:
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.prng.cluster.plugins.module_utils.defaults import PRNG_RAMDISK_ROOT  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.ramdisk import (  # noqa: E402
     MANIFEST,
     STALE_LOAD_SECONDS,
@@ -578,7 +579,7 @@ def main() -> None:
             state=dict(
                 type="str", choices=["preload", "clear", "status", "lease", "release"], default="status"
             ),
-            root=dict(type="path", default="/dev/shm/prng", aliases=["ramdisk_root"]),
+            root=dict(type="path", default=PRNG_RAMDISK_ROOT, aliases=["ramdisk_root"]),
             step=dict(type="str"),
             files=dict(type="list", elements="path"),
             exclusive=dict(type="bool", default=False),

@@ -13,6 +13,15 @@ import sys
 import time
 
 
+def _first(marker: str) -> bool:
+    """True for exactly one of the jobs that race for the marker (O_EXCL creates it once)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -35,8 +44,7 @@ def main() -> int:
     delay = a.sleep * n * (a.slow_factor if host == a.slow_host else 1.0)
     time.sleep(delay)
     text = json.dumps([{"seed": s, "score": s % 7} for s in range(a.start, a.stop)])
-    if a.truncate_once and not os.path.exists(a.truncate_once):
-        open(a.truncate_once, "w").close()
+    if a.truncate_once and _first(a.truncate_once):
         with open(a.out, "w") as fh:  # deliberately not atomic: the i4 failure
             fh.write(text[: len(text) // 2])
         return 0

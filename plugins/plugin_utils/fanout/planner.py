@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
+from ansible_collections.prng.cluster.plugins.module_utils import defaults
 from ansible_collections.prng.cluster.plugins.module_utils.job_validate import seeds_digest
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import shards
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import Job
@@ -198,8 +199,8 @@ class HostSpec:
     memory_available_mb: float | None = None
     memory_margin_pct: float = 20.0
     start_stagger_seconds: float = 0.0
-    prng_home: str = "~/prng-cluster"
-    worker_bin: str = "~/prng-cluster/venv/bin"
+    prng_home: str = defaults.PRNG_HOME
+    worker_bin: str = defaults.PRNG_WORKER_BIN
     input_dir: str = ""
     lease_file: str = ""  # the run's ramdisk lease on input_dir; the host's agent renews it
     env_file: str | None = None
