@@ -26,12 +26,13 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import
     file_sha256,
     hash_inputs,
 )
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (
-    HostSpec,
-    PlanError,
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import HostSpec, PlanError
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import make_plan
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.runner import runner_envvars
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import FanOut, Settings
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import (
     host_memory_model,
     load_throughput,
-    make_plan,
     model_backend,
     pick_chunk_size,
     plan_preview,
@@ -39,8 +40,6 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import
     slots_for,
     stored_rate,
 )
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.runner import runner_envvars
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import FanOut, Settings
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.transport import HostLinks
 
 display = Display()

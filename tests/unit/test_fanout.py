@@ -34,17 +34,16 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import
     ResumeRefused,
     hash_inputs,
 )
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (  # noqa: E402
-    HostSpec,
-    ListPlan,
-    ScorePlan,
-    pick_chunk_size,
-    predict_peak_mb,
-    slots_for,
-)
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import HostSpec  # noqa: E402
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import ListPlan, ScorePlan  # noqa: E402
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import (  # noqa: E402
     FanOut,
     Settings,
+)
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import (  # noqa: E402
+    pick_chunk_size,
+    predict_peak_mb,
+    slots_for,
 )
 
 BIN = Path(sys.executable).parent

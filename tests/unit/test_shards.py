@@ -24,7 +24,8 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import
     file_sha256,
     hash_inputs,
 )
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import ListPlan, PlanError  # noqa: E402
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import PlanError  # noqa: E402
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import ListPlan  # noqa: E402
 
 
 # -- the split -------------------------------------------------------------------------

@@ -346,7 +346,7 @@ def test_diagnostics_report_which_gpus_get_jobs() -> None:
 
 # ------------------------------------------------------------------ the plan binds usable GPUs
 def test_i24_plan_gives_11_slots_bound_to_the_usable_gpus_and_the_override_restores_12() -> None:
-    from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import slots_for
+    from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import slots_for
 
     host = spec(gpu_type="rocm", gpu_count=12, max_concurrent_jobs=12)
     assert apply_health(host, {"prng_gpu_health": fact("rig6600_rocm_smi_hung", 12)}) is None
@@ -359,7 +359,7 @@ def test_i24_plan_gives_11_slots_bound_to_the_usable_gpus_and_the_override_resto
 
 
 def test_a_host_where_no_worker_fits_gets_no_slot_and_says_why() -> None:
-    from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import slots_for
+    from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import slots_for
 
     host = spec(gpu_type="rocm", gpu_count=12, max_concurrent_jobs=12)
     host.memory_available_mb = 500.0  # 400 MiB usable after the 20 % margin

@@ -11,10 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "collections"))
 
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (  # noqa: E402
-    HostSpec,
-    ListPlan,
-    PlanError,
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import HostSpec, PlanError
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import ListPlan
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import (
     load_throughput,
     plan_preview,
     remember_throughput,
