@@ -19,7 +19,10 @@ from ansible_collections.prng.cluster.plugins.module_utils.defaults import PRNG_
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import contract
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout import manifest as manifest_mod
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.contract import ContractError
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.health import apply_health
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.eligible import (
+    eligible_hosts,
+    fitting_hosts,
+)
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import (
     Journal,
     ResumeRefused,
@@ -31,13 +34,9 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import m
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.runner import runner_envvars
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.scheduler import FanOut, Settings
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import (
-    host_memory_model,
     load_throughput,
-    model_backend,
-    pick_chunk_size,
     plan_preview,
-    predict_peak_mb,
-    slots_for,
+    size_hosts,
     stored_rate,
 )
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.transport import HostLinks
@@ -60,28 +59,6 @@ class ActionModule(ActionBase):
             "require_preflight",
         )
     )
-
-    @staticmethod
-    def host_spec(name: str, hv: Any, input_dir: str) -> HostSpec:
-        """The host as the fan-out sees it, from variables validated by the run contract."""
-        v = contract.check_host(name, hv)
-        prng_home = str(v["prng_home"]).rstrip("/")
-        venv = str(v.get("worker_venv") or prng_home + "/venv").rstrip("/")
-        return HostSpec(
-            name=name,
-            gpu_type=v["gpu_type"],
-            gpu_count=v["gpu_count"],
-            max_concurrent_jobs=v["max_concurrent_jobs"],
-            memory_available_mb=_available_mb(name, hv.get("prng_memory_available_mb")),
-            memory_margin_pct=v["memory_margin_pct"],
-            start_stagger_seconds=v["start_stagger_seconds"],
-            prng_home=prng_home,
-            worker_bin=venv + "/bin",
-            input_dir=input_dir.rstrip("/"),
-            env_file=str(v.get("worker_env_file") or prng_home + "/worker.env"),
-            backend=v["worker_backend"],
-            device=v["worker_device"],
-        )
 
     def run(self, tmp: Any = None, task_vars: Any = None) -> Dict[str, Any]:
         result = super().run(tmp, task_vars)
@@ -166,10 +143,10 @@ class ActionModule(ActionBase):
     def _plan(self, run: Run, task_vars: Any, args: Any) -> Dict[str, Any]:
         """The plan preview of --check: the run's jobs, slots and ETA, nothing started."""
         try:
-            hosts, left_out = self._eligible(run, task_vars.get("hostvars", {}), args)
+            hosts, left_out = _eligible(run, task_vars.get("hostvars", {}), args)
         except ContractError as exc:
             return {"hosts": {}, "eta": "no host can run this step", "reason": str(exc)}
-        self._size(run.plan, run.params, hosts)
+        size_hosts(run.plan, run.params, hosts)
         return plan_preview(run.plan, run.params, hosts, left_out, load_throughput(throughput_path()))
 
     @staticmethod
@@ -192,9 +169,11 @@ class ActionModule(ActionBase):
     def _run(self, result: Dict[str, Any], task_vars: Any, args: Any, run: Run) -> Dict[str, Any]:
         run_dir, plan, params, settings = run.run_dir, run.plan, run.params, run.settings
         try:
-            hosts, left_out = self._eligible(run, task_vars["hostvars"], args)
-            self._size(plan, params, hosts)
-            hosts = self._fitting(hosts, left_out)
+            hosts, left_out = _eligible(run, task_vars["hostvars"], args)
+            note = size_hosts(plan, params, hosts)
+            if note:
+                display.display(f"fan-out: {note}")
+            hosts = fitting_hosts(hosts, left_out)
             journal = Journal(run_dir)
             if journal.exists() and run.fresh:
                 aside = "{}.prev-{}".format(run_dir, journal.header().get("run_id", int(time.time())))
@@ -290,63 +269,6 @@ class ActionModule(ActionBase):
             failures=manifest["failures"][-20:],
         )
 
-    def _eligible(self, run: Run, hostvars: Any, args: Any) -> Tuple[List[HostSpec], Dict[str, str]]:
-        """Hosts that passed every preflight check of this step, with their input folder;
-        the others, with the reason they are left out (i29). A job never runs where the
-        step's inputs are not present and verified."""
-        step = str(args.get("require_preflight") or "")
-        needed = sorted({os.path.basename(p) for p in run.plan.host_inputs().values() if p})
-        uses_inputs = run.kind != "list"
-        hosts: List[HostSpec] = []
-        left_out: Dict[str, str] = {}
-        for name in run.hosts:
-            hv = hostvars[name]
-            pre = hv.get("prng_preflight")
-            input_dir = str(hv.get("fanout_input_dir") or args.get("input_dir") or "")
-            if step:
-                if not isinstance(pre, dict) or pre.get("step") != step:
-                    left_out[name] = f"did not complete the {step} preflight (unreachable or stopped)"
-                    continue
-                if not pre.get("ok"):
-                    left_out[name] = f"failed the {step} preflight: {pre.get('reason') or 'no reason given'}"
-                    continue
-                input_dir = str(pre.get("input_dir") or "")
-                absent = [n for n in needed if n not in (pre.get("files") or {})]
-                if absent:
-                    left_out[name] = f"its {step} ramdisk copy lacks {', '.join(absent)}"
-                    continue
-            if uses_inputs and not input_dir:
-                left_out[name] = "no verified input folder (the step's ramdisk preload did not run there)"
-                continue
-            spec = self.host_spec(name, hv, input_dir)
-            if step:
-                spec.lease_file = str(pre.get("lease") or "")
-            unhealthy = apply_health(spec, hv, required=bool(step))
-            if unhealthy:
-                left_out[name] = unhealthy
-                continue
-            run.plan.adapt_host(spec)
-            hosts.append(spec)
-        if not hosts:
-            raise ContractError(
-                "no host can run this step: " + "; ".join(f"{n}: {r}" for n, r in left_out.items())
-            )
-        return hosts, left_out
-
-    @staticmethod
-    def _fitting(hosts: List[HostSpec], left_out: Dict[str, str]) -> List[HostSpec]:
-        """A host where no worker fits (memory, or no usable GPU) gets no slot: it is left
-        out with the reason, never given one slot anyway."""
-        for host in hosts:
-            if not host.slots:
-                left_out[host.name] = host.slot_reason
-        fitting = [h for h in hosts if h.slots]
-        if not fitting:
-            raise ContractError(
-                "no host can run this step: " + "; ".join(f"{n}: {r}" for n, r in left_out.items())
-            )
-        return fitting
-
     @staticmethod
     def _resume(run_dir: str, journal: Journal, jobs: Dict[str, Any]) -> None:
         """Failed jobs get a fresh chance; a done job whose output no longer matches what
@@ -373,33 +295,11 @@ class ActionModule(ActionBase):
                 + (" ..." if len(requeued) > 10 else "")
             )
 
-    @staticmethod
-    def _size(plan: Any, params: Dict[str, Any], hosts: List[HostSpec]) -> None:
-        """Chunk size and slots from the measured memory model and each host's limit."""
-        if plan.kind != "score":
-            for host in hosts:
-                slots_for(host, 0.0)
-            return
-        # each host's own measured model when there is one (playbooks/measure_memory.yml)
-        models = {h.name: host_memory_model(params.get("memory_model"), h) for h in hosts}
-        n_draws = plan.n_draws()
-        wanted = int(params["chunk_size"])
-        chunk = wanted
-        for host in hosts:
-            chunk = min(chunk, pick_chunk_size([host], models[host.name][0], None, wanted, n_draws))
-        params["chunk_size"] = chunk
-        if params["chunk_size"] != wanted:
-            display.display(
-                f"fan-out: chunk_size {wanted} -> {params['chunk_size']} so every slot fits in memory"
-            )
-        worker_mb = {}
-        for host in hosts:
-            model, source = models[host.name]
-            mb = predict_peak_mb(model, model_backend(host), params["chunk_size"], n_draws)
-            worker_mb[host.name] = round(mb, 1)
-            slots_for(host, mb)
-            host.slot_reason += f" memory model: {source}"
-        params["worker_mb"] = worker_mb
+
+def _eligible(run: Run, hostvars: Any, args: Any) -> Tuple[List[HostSpec], Dict[str, str]]:
+    return eligible_hosts(
+        run, hostvars, str(args.get("require_preflight") or ""), str(args.get("input_dir") or "")
+    )
 
 
 def throughput_path() -> str:
@@ -411,19 +311,6 @@ def throughput_path() -> str:
 def _npz_cache() -> str:
     """Where JSON survivors are converted to NPZ, once per content (PRNG_NPZ_CACHE overrides)."""
     return os.environ.get("PRNG_NPZ_CACHE") or os.path.expanduser(PRNG_CACHE + "/npz")
-
-
-def _available_mb(name: str, value: Any) -> float | None:
-    """prng_memory_available_mb, set by the preflight from memory_facts (absent: unknown)."""
-    if value in (None, ""):
-        return None
-    try:
-        mb = float(value)
-    except (TypeError, ValueError):
-        raise ContractError(
-            f"host {name}: prng_memory_available_mb: expected a number, got {value!r}"
-        ) from None
-    return mb if mb > 0 else None
 
 
 def _output_problem(run_dir: str, job: Any) -> str:

@@ -211,3 +211,29 @@ def pick_chunk_size(
         ):
             chunk = max(min_chunk, int(chunk * 0.8))
     return chunk
+
+
+def size_hosts(plan: Plan, params: Dict[str, Any], hosts: List[HostSpec]) -> str:
+    """Chunk size and each host's slots from the measured memory model (each host's own
+    when there is one: playbooks/measure_memory.yml) and the host's real limit; sets
+    params chunk_size and worker_mb. Returns a note when the chunk had to shrink."""
+    if plan.kind != "score":
+        for host in hosts:
+            slots_for(host, 0.0)
+        return ""
+    models = {h.name: host_memory_model(params.get("memory_model"), h) for h in hosts}
+    n_draws = plan.n_draws()
+    wanted = int(params["chunk_size"])
+    chunk = wanted
+    for host in hosts:
+        chunk = min(chunk, pick_chunk_size([host], models[host.name][0], None, wanted, n_draws))
+    params["chunk_size"] = chunk
+    worker_mb = {}
+    for host in hosts:
+        model, source = models[host.name]
+        mb = predict_peak_mb(model, model_backend(host), chunk, n_draws)
+        worker_mb[host.name] = round(mb, 1)
+        slots_for(host, mb)
+        host.slot_reason += f" memory model: {source}"
+    params["worker_mb"] = worker_mb
+    return f"chunk_size {wanted} -> {chunk} so every slot fits in memory" if chunk != wanted else ""
