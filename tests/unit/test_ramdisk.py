@@ -9,8 +9,6 @@ The real-mount thresholds (i25) and transfers over SSH are in tests/integration/
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,7 +16,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -26,9 +23,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "collections"))
 
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd  # noqa: E402
 from ansible_collections.prng.cluster.plugins.modules import ramdisk as mod  # noqa: E402
+
+from tests.unit import ramdisk_support  # noqa: E402
+from tests.unit.ramdisk_support import entry, tmpfs_root  # noqa: E402
 
 
 def fs_type(path: Path) -> str:
@@ -41,12 +40,7 @@ def fs_type(path: Path) -> str:
 @pytest.fixture
 def root() -> Iterator[Path]:
     """A ramdisk root of its own on the real /dev/shm tmpfs."""
-    if not os.access("/dev/shm", os.W_OK) or fs_type(Path("/dev/shm")) != "tmpfs":
-        pytest.skip("needs a writable tmpfs at /dev/shm")
-    path = Path("/dev/shm") / f"prng-unit-{uuid.uuid4().hex[:10]}" / "ramdisk"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path.parent, ignore_errors=True)
+    yield from tmpfs_root("prng-unit")
 
 
 @pytest.fixture
@@ -71,11 +65,6 @@ def sources(tmp_path: Path) -> dict[str, Path]:
     return {"train_history.json": a, "survivors.npz": b}
 
 
-def entry(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def preload(root: Path, step: str, srcs: dict[str, Path], exclusive: bool = False) -> dict:
     """What the action plugin does, without the transport: plan, prepare, stage, commit."""
     expected = [entry(p) for p in srcs.values()]
@@ -93,10 +82,7 @@ def preload(root: Path, step: str, srcs: dict[str, Path], exclusive: bool = Fals
 
 
 def run_module(args: dict) -> dict:
-    buf = io.StringIO()
-    with patch_module_args(args), redirect_stdout(buf), pytest.raises(SystemExit):
-        mod.main()
-    return json.loads(buf.getvalue())
+    return ramdisk_support.run_module(mod, args)
 
 
 # --------------------------------------------------------------------------- preload

@@ -7,18 +7,14 @@ tests/integration/test_ramdisk_lock_cluster.py."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -26,21 +22,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "collections"))
 
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.prng.cluster.plugins.action import ramdisk as action  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd  # noqa: E402
 from ansible_collections.prng.cluster.plugins.modules import ramdisk as mod  # noqa: E402
 
+from tests.unit import ramdisk_support  # noqa: E402
+from tests.unit.ramdisk_support import entry, tmpfs_root  # noqa: E402
+
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    fs = subprocess.run(["stat", "-f", "-c", "%T", "/dev/shm"], capture_output=True, text=True).stdout.strip()
-    if not os.access("/dev/shm", os.W_OK) or fs != "tmpfs":
-        pytest.skip("needs a writable tmpfs at /dev/shm")
-    path = Path("/dev/shm") / f"prng-lock-{uuid.uuid4().hex[:10]}" / "ramdisk"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path.parent, ignore_errors=True)
+    yield from tmpfs_root("prng-lock")
 
 
 @pytest.fixture
@@ -52,16 +44,8 @@ def srcs(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
-def entry(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def run_module(args: dict) -> dict:
-    buf = io.StringIO()
-    with patch_module_args(args), redirect_stdout(buf), pytest.raises(SystemExit):
-        mod.main()
-    return json.loads(buf.getvalue())
+    return ramdisk_support.run_module(mod, args)
 
 
 def preload(root: Path, step: str, srcs: dict[str, Path], **opts) -> dict:
