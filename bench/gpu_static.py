@@ -3,6 +3,7 @@
 compiler CuPy's RawKernel uses), exactly as the launcher builds it, and read the machine code.
 
     .venv/bin/python bench/gpu_static.py [--families ...] [--arch sm_90] [--rev GIT_REV] [--sass-dir D]
+                                         [--mod M] [--table]
 
 Needs no GPU: NVRTC (`nvidia-cuda-nvrtc`) and nvdisasm (`nvidia-cuda-nvdisasm`) come from the
 NVIDIA wheels that `make setup` installs (requirements.txt). Prints one JSON line per family:
@@ -13,7 +14,8 @@ NVIDIA wheels that `make setup` installs (requirements.txt). Prints one JSON lin
   loops excluded), its draw-tests per iteration and its memory operations;
 - `hot_loop`: the loop that runs the draw-tests (one draw-test = one generator output of one
   seed at one skip compared with one residue). Draw-tests per iteration are counted in the SASS
-  itself: a compare that reduces mod m in place shows one `IMAD q, -m, v` per draw-test; a
+  itself: a compare that reduces mod m in place shows one `IMAD q, -m, v` per draw-test; the
+  affine families' divisibility test one `IMAD k, v, o^-1, nr` (m = 2^z * o, o odd); a
   compare against buffered outputs (generate-once families) one shared-memory load (LDS) each;
 - `sass_per_draw_test`: hot-loop instructions / draw-tests per iteration; for generate-once
   families also `gen_sass_per_output` (the loop that writes outputs to the buffer: instructions
@@ -166,6 +168,17 @@ def opcode(text: str) -> str:
     return t.split()[0] if t else ""
 
 
+def div_inverse_immediates(m: int) -> tuple[str, ...]:
+    """How nvdisasm writes o^-1 mod 2^32 (m = 2^z * o, o odd) as an IMAD immediate, either
+    sign: the affine kernels test v mod m == r as one multiply-add v * o^-1 + nr per draw-test
+    (the residue's own multiply by -o^-1 has RZ as its addend and is not counted)."""
+    if m >= 1 << 32:
+        return ()
+    odd = m >> ((m & -m).bit_length() - 1)
+    inv = pow(odd, -1, 1 << 32)
+    return (f"0x{inv:x}", f"-0x{(1 << 32) - inv:x}")
+
+
 def find_loops(instrs: list[tuple[int, str]], m: int) -> list[dict]:
     """Every backward branch is a loop [target, branch]. Per loop: own instructions (those not
     inside a nested loop), draw-test markers and memory operations among them."""
@@ -177,6 +190,7 @@ def find_loops(instrs: list[tuple[int, str]], m: int) -> list[dict]:
                 spans.append((int(tg.group(1)), a))
     spans = sorted(set(spans))
     mod_imm = f"-0x{m:x}"
+    inv_imms = div_inverse_immediates(m)
     loops = []
     for s, e in spans:
         nested = [(s2, e2) for s2, e2 in spans if (s2, e2) != (s, e) and s <= s2 and e2 <= e]
@@ -196,6 +210,13 @@ def find_loops(instrs: list[tuple[int, str]], m: int) -> list[dict]:
                     1
                     for _, t in own
                     if opcode(t).startswith("IMAD") and re.search(rf"(?<![0-9a-fx]){re.escape(mod_imm)}\b", t)
+                ),
+                "div_ops": sum(
+                    1
+                    for _, t in own
+                    if opcode(t) == "IMAD"
+                    and not t.rstrip().endswith("RZ")
+                    and any(re.search(rf"(?<![0-9a-fx]){re.escape(i)}\b", t) for i in inv_imms)
                 ),
                 "lds": count("LDS"),
                 "sts": count("STS"),
@@ -272,9 +293,9 @@ def analyse(
     loops = find_loops(instrs, m)
     # the compare loop: markers are LDS (buffered outputs) or in-place mod reductions; the
     # innermost such loop (fewest own instructions per marker) is where the draw-tests run
-    compare = [lp for lp in loops if lp["sts"] == 0 and (lp["lds"] or lp["mod_ops"])]
+    compare = [lp for lp in loops if lp["sts"] == 0 and (lp["lds"] or lp["mod_ops"] or lp["div_ops"])]
     for lp in compare:
-        lp["draw_tests"] = lp["lds"] or lp["mod_ops"]
+        lp["draw_tests"] = lp["lds"] or lp["mod_ops"] or lp["div_ops"]
     hot = min(compare, key=lambda lp: lp["instructions"] / lp["draw_tests"], default=None)
     gen = [lp for lp in loops if lp["sts"] and lp["mod_ops"]]
     row: dict = {
@@ -314,6 +335,7 @@ def load_launcher(rev: str | None) -> types.ModuleType:
     ).stdout
     spec = importlib.util.spec_from_loader(f"gpu_at_{rev}", loader=None)
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up while the class is made
     exec(compile(text, f"{rev}:{GPU_PY}", "exec"), mod.__dict__)
     return mod
 
@@ -332,22 +354,26 @@ def family_build(mod: types.ModuleType, family: str, cfg: dict) -> tuple[str, tu
     )
 
 
-def cases(families: list[str]) -> list[tuple[str, str, dict]]:
+def cases(families: list[str], m: int | None = None) -> list[tuple[str, str, dict]]:
     out = []
     for fam in families:
         out.append((fam, "default", CONFIGS["default"]))
         if fam == "mt19937":
             out.append((fam, "exact10", CONFIGS["exact10"]))
-    return out
+    return [(f, n, cfg if m is None else {**cfg, "m": m}) for f, n, cfg in out]
 
 
 def run(
-    families: list[str], rev: str | None = None, arch: str = "sm_90", sass_dir: Path | None = None
+    families: list[str],
+    rev: str | None = None,
+    arch: str = "sm_90",
+    sass_dir: Path | None = None,
+    m: int | None = None,
 ) -> list[dict]:
     tools = find_tools()
     mod = load_launcher(rev)
     rows = []
-    for fam, name, cfg in cases(families):
+    for fam, name, cfg in cases(families, m):
         source, options = family_build(mod, fam, cfg)
         n_skips = cfg["skip_max"] - cfg["skip_min"] + 1
         p_span = cfg["offset"] + cfg["k"] * (cfg["skip_max"] + 1) - (cfg["offset"] + cfg["skip_min"])
@@ -375,10 +401,11 @@ def main() -> int:
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--rev", help="analyse the launcher of this git commit instead of the work tree")
     ap.add_argument("--sass-dir", type=Path, help="also write each kernel's disassembly here")
+    ap.add_argument("--mod", type=int, help="m for every case instead of 1000 (e.g. an odd m)")
     ap.add_argument("--table", action="store_true", help="print a Markdown table after the JSON lines")
     args = ap.parse_args()
     try:
-        rows = run(args.families, args.rev, args.arch, args.sass_dir)
+        rows = run(args.families, args.rev, args.arch, args.sass_dir, args.mod)
     except ToolsMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

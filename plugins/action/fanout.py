@@ -26,6 +26,7 @@ from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.eligible impor
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import (
     Journal,
     ResumeRefused,
+    atomic_write_json,
     file_sha256,
     hash_inputs,
 )
@@ -73,6 +74,9 @@ class ActionModule(ActionBase):
         try:
             os.makedirs(run.run_dir, exist_ok=True)
             lock = self._lock(run.run_dir)
+        except RunInUse as exc:
+            # the same run goes on in another fan-out: its ramdisk lease is not ours to give back
+            raise AnsibleActionFail(f"fanout: {exc}", result={"run_in_use": True}) from None
         except OSError as exc:
             raise AnsibleActionFail(f"fanout: {exc}") from None
         try:
@@ -92,7 +96,7 @@ class ActionModule(ActionBase):
         kind = str(args["plan"])
         params = contract.check_params(kind, dict(args["params"]))
         settings = contract.check_settings(args.get("settings") or {}, Settings)
-        run_dir = os.path.abspath(os.path.expanduser(str(args["run_dir"])))
+        run_dir = contract.check_run_dir(args["run_dir"])  # a file there is found before any host
         names = args["hosts"]
         if isinstance(names, str):
             names = [n.strip() for n in names.split(",") if n.strip()]
@@ -125,7 +129,7 @@ class ActionModule(ActionBase):
                     "or give another run_dir"
                 )
             resume = header.get("run_id")
-        found = contract.check_inputs(kind, params)  # after the resume check: a changed run is named first
+        found = _checked_inputs(kind, params, ident)  # after the resume check: a changed run is named first
         if kind == "list":  # the jobs file is read whole here, before anything starts
             found = {"jobs": len(plan.make_jobs()), "notes": list(plan.notes)}
         if kind == "score" and not self._task.check_mode:  # validated JSON -> one NPZ for the hosts
@@ -163,7 +167,7 @@ class ActionModule(ActionBase):
             except BlockingIOError:
                 if time.time() > deadline:
                     fh.close()
-                    raise OSError(f"run folder {run_dir} is in use by another fan-out") from None
+                    raise RunInUse(f"run folder {run_dir} is in use by another fan-out") from None
                 time.sleep(0.5)
 
     def _run(self, result: Dict[str, Any], task_vars: Any, args: Any, run: Run) -> Dict[str, Any]:
@@ -278,7 +282,7 @@ class ActionModule(ActionBase):
             if job.state == "failed":
                 job.state, job.attempts, job.avoid, job.requeues = "queued", 0, [], 0
             elif job.state == "done":
-                problem = _output_problem(run_dir, job)
+                problem = job.output_problem(run_dir)
                 if problem:
                     job.state = "queued"
                     journal.append("requeue", job=job.id, reason=problem)
@@ -313,21 +317,34 @@ def _npz_cache() -> str:
     return os.environ.get("PRNG_NPZ_CACHE") or os.path.expanduser(PRNG_CACHE + "/npz")
 
 
-def _output_problem(run_dir: str, job: Any) -> str:
-    """Why a done job's outputs no longer hold what was validated ('' when they do)."""
-    outputs = job.result.get("outputs") or []
-    if not outputs:
-        return "no output recorded"
-    for out in outputs:
-        path = os.path.join(run_dir, out["path"])
-        if not os.path.isfile(path):
-            return f"{out['path']} is missing"
-        size = os.path.getsize(path)
-        if out.get("bytes") is not None and size != out["bytes"]:
-            return f"{out['path']} holds {size} bytes, {out['bytes']} were validated"
-        if out.get("sha256") and file_sha256(path) != out["sha256"]:
-            return f"{out['path']} changed since it was validated (sha256)"
-    return ""
+def _checked_inputs(kind: str, params: Dict[str, Any], ident: Dict[str, Any]) -> Dict[str, Any]:
+    """contract.check_inputs, once per content: its verdict on the same inputs (content
+    hashes), parameters, memory model and worker code is kept on the controller. A step
+    playbook checks its contract in its first play and again in the fan-out task, a
+    resume again: a 1 M-survivor JSON costs ~2 CPU-s each time, its hash 0.1 s."""
+    model = params.get("memory_model") if kind == "score" else None
+    key = json.dumps(
+        [ident, params, file_sha256(model) if model and os.path.isfile(model) else None], sort_keys=True
+    )
+    path = os.path.join(
+        os.path.expanduser(PRNG_CACHE), "contract", hashlib.sha256(key.encode()).hexdigest() + ".json"
+    )
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        pass
+    found = contract.check_inputs(kind, params)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_json(path, found)
+    except OSError:
+        pass  # no cache: checked again next time
+    return found
+
+
+class RunInUse(OSError):
+    """Another fan-out holds the run folder's lock."""
 
 
 @dataclass

@@ -1,13 +1,13 @@
 # Copyright: PRNG cluster team
 # MIT License (see galaxy.yml)
 """Controller side of prng.cluster.ramdisk: hash the sources (cached by size and mtime),
-ask the host what it lacks (the module's prepare phase: the only call when nothing
-changed), then send only that, once. Over ssh (or local) the files go through ONE session
-to a receiver on the host (module_utils/ramdisk.receive_main) that hashes each copy as it
-writes it and commits in the same session, manifest last; other connections copy with
-put_file and the module's commit phase hashes each copy again. While another preload of
-the same step runs on the host, wait for it (its claim), or take it over when its process
-on this controller is gone."""
+then, over ssh (or local) without become, ONE session per host with a receiver
+(module_utils/ramdisk.receive_main): it prepares (what the host lacks, room, the claim,
+the lease; the only step when nothing changed), receives only that, hashing each copy as
+it writes it, and commits, manifest last. Other connections: the module's prepare and
+commit phases around put_file, the commit hashing each copy again. While another preload
+of the same step runs on the host, wait for it (its claim), or take it over when its
+process on this controller is gone."""
 
 from __future__ import annotations
 
@@ -24,13 +24,17 @@ import time
 import types
 import uuid
 
+from ansible import constants as C
 from ansible.errors import AnsibleError
+from ansible.executor.interpreter_discovery import discover_interpreter
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.prng.cluster.plugins.module_utils import ramdisk as rd
 from ansible_collections.prng.cluster.plugins.module_utils.fanout_protocol import _REGISTER
 from ansible_collections.prng.cluster.plugins.module_utils.fsutil import file_sha256
+from ansible_collections.prng.cluster.plugins.modules.ramdisk import ARGUMENT_SPEC
 from ansible_collections.prng.cluster.plugins.plugin_utils.session import session_command
 
 display = Display()
@@ -177,57 +181,89 @@ def send_file(fd: int, path: str, size: int) -> None:
             offset += n
 
 
-def stream_files(
-    argv: list, keep_fds: tuple, header: dict, files: list[tuple[str, str, int]]
-) -> tuple[dict | None, str, str]:
-    """Start the receiver (``argv``: RECEIVE_BOOT through the host's connection) and send it
-    its source, ``header`` and each (name, path, size) file in order, through one pipe.
-    Returns (its result line, or None when the session broke; the file being sent then; why)."""
-    source = receiver_source()
-    r_fd, w_fd = os.pipe()
-    try:
-        fcntl.fcntl(w_fd, rd.F_SETPIPE_SZ, rd.RECEIVE_CHUNK)
-    except OSError:
-        pass  # the default pipe size works too
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=r_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=keep_fds
-        )
-    except OSError:
-        os.close(w_fd)
-        raise
-    finally:
-        os.close(r_fd)
-        for fd in keep_fds:
-            os.close(fd)
-    at = {"name": "", "error": ""}
+class Receiver:
+    """One preload session with the host's receiver (module_utils/ramdisk.receive_main),
+    started through the host's connection (``argv``): a request, its answer line, then
+    the files and the result line (see ramdisk.receive_session)."""
 
-    def feed() -> None:
+    def __init__(self, argv: list, keep_fds: tuple) -> None:
+        r_fd, w_fd = os.pipe()
         try:
-            _write_all(w_fd, str(len(source)).encode() + b"\n" + source + json.dumps(header).encode() + b"\n")
-            for name, path, size in files:
-                at["name"] = name
-                send_file(w_fd, path, size)
-        except OSError as exc:  # the session ended (its error is on stderr) or a source went short
-            at["error"] = to_text(exc)
-        finally:
+            fcntl.fcntl(w_fd, rd.F_SETPIPE_SZ, rd.RECEIVE_CHUNK)
+        except OSError:
+            pass  # the default pipe size works too
+        try:
+            # unbuffered: readline() then reads no further than its line
+            self.proc = subprocess.Popen(
+                argv, stdin=r_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=keep_fds, bufsize=0
+            )
+        except OSError:
             os.close(w_fd)
+            raise
+        finally:
+            os.close(r_fd)
+            for fd in keep_fds:
+                os.close(fd)
+        self.w_fd: int | None = w_fd
+        self.sending = ""  # the file on its way when the session broke
+        self.error = ""  # the controller's side of a break
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    out, err = proc.communicate()
-    feeder.join()
-    lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
-    try:
-        res = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        res = None
-    if proc.returncode == 0 and isinstance(res, dict):
-        if res.get("failed") and at["error"]:
-            res["msg"] = f"{res.get('msg')} (controller: {at['error']})"
-        return res, at["name"], ""
-    why = err.decode(errors="replace").strip().splitlines()[-1:] or [at["error"] or f"exit {proc.returncode}"]
-    return None, at["name"] or "the files", why[0]
+    def request(self, req: dict) -> dict | None:
+        """Send the receiver its source and ``req``; its answer (None: the session broke)."""
+        source = receiver_source()
+        try:
+            _write_all(
+                self.w_fd, str(len(source)).encode() + b"\n" + source + json.dumps(req).encode() + b"\n"
+            )
+        except OSError as exc:
+            self.error = to_text(exc)
+        return self._answer()
+
+    def send(self, files: list[tuple[str, str, int]]) -> dict | None:
+        """Send each (name, path, size) in order, then read the result (None: broke)."""
+
+        def feed() -> None:
+            try:
+                for name, path, size in files:
+                    self.sending = name
+                    send_file(self.w_fd, path, size)
+            except OSError as exc:  # the session ended (its error is on stderr) or a source went short
+                self.error = to_text(exc)
+            finally:
+                self._close_input()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        res = self._answer()
+        feeder.join()
+        if res and res.get("failed") and self.error:
+            res["msg"] = f"{res.get('msg')} (controller: {self.error})"
+        return res
+
+    def close(self) -> str:
+        """End the session; why it broke ('' when it did not)."""
+        self._close_input()
+        _out, err = self.proc.communicate()
+        if self.proc.returncode == 0:
+            return ""
+        lines = err.decode(errors="replace").strip().splitlines()
+        return (lines[-1:] or [self.error or f"exit {self.proc.returncode}"])[0]
+
+    @property
+    def unreachable(self) -> bool:
+        return self.proc.returncode == 255  # ssh's own failure: no connection to the host
+
+    def _answer(self) -> dict | None:
+        try:
+            res = json.loads(self.proc.stdout.readline() or b"null")
+        except ValueError:
+            return None
+        return res if isinstance(res, dict) else None
+
+    def _close_input(self) -> None:
+        if self.w_fd is not None:
+            os.close(self.w_fd)
+            self.w_fd = None
 
 
 class ActionModule(ActionBase):
@@ -309,10 +345,17 @@ class ActionModule(ActionBase):
         args["_load_id"] = uuid.uuid4().hex
         wait = float(args.get("lock_timeout") or 900)
         while True:
-            prep = self._execute_module(module_args=dict(args, _phase="prepare"), task_vars=task_vars)
+            session = None
+            command = self._receiver_command(task_vars, result)
+            if command:  # ONE session does it all: prepare, then the files, then the commit
+                prep, session = self._prepare_in_session(command, args)
+            else:
+                prep = self._execute_module(module_args=dict(args, _phase="prepare"), task_vars=task_vars)
             busy = prep.get("busy")
             if not busy or prep.get("failed"):
                 break
+            if session:
+                session.close()
             if holder_gone(busy.get("holder", "")):
                 args["_break_claim"] = busy["id"]  # its process died mid-load (i12): take over
                 continue
@@ -327,6 +370,11 @@ class ActionModule(ActionBase):
                 return result
             time.sleep(1.0)
         timing["prepare_s"] = round(time.monotonic() - t0, 3)
+        timing["via"] = "session" if command else "module"
+        staged = prep.pop("staged", None)
+        warnings = prep.pop("warnings", [])
+        if warnings:
+            result.setdefault("warnings", []).extend(warnings)
         result.update(prep, timing=timing)
         if prep.get("complete"):
             result["summary"] = f"step {args.get('step')} already loaded and verified: nothing sent"
@@ -335,36 +383,28 @@ class ActionModule(ActionBase):
                 ", ".join(prep.get("needed", [])) or "nothing", _size_text(prep.get("copy_bytes", 0))
             )
         if prep.get("failed") or prep.get("complete") or self._task.check_mode:
+            if session:
+                session.close()
             return result
         by_name = dict(zip([m["name"] for m in manifest], paths, strict=True))
+        sizes = {m["name"]: int(m["size"]) for m in manifest}
         step_dir = prep["step_path"]
-        staged = {name: f"{step_dir}/{rd.INCOMING}{name}.{uuid.uuid4().hex[:12]}" for name in prep["needed"]}
         t0 = time.monotonic()
-        command = self._receiver_command(task_vars, prep)
-        timing["via"] = "stream" if command else "put_file"
-        if command:
-            header = {
-                "root": os.path.dirname(step_dir),
-                "step": args.get("step"),
-                "manifest": manifest,
-                "files": [{"name": n, "staged": staged[n]} for n in prep["needed"]],
-                "load_id": args["_load_id"],
-                "verify": args.get("verify") or "quick",
-                "lock_timeout": args.get("lock_timeout") or 900,
-            }
-            sizes = {m["name"]: int(m["size"]) for m in manifest}
-            files = [(n, by_name[n], sizes[n]) for n in prep["needed"]]
-            try:
-                commit, failed_at, error = stream_files(command[0], command[1], header, files)
-            except OSError as exc:  # ssh could not even start: like a host that does not answer
-                commit, failed_at, error = None, "the files", to_text(exc)
+        if session:
+            commit = session.send([(n, by_name[n], sizes[n]) for n in prep["needed"]])
+            failed_at, error = session.sending or "the files", session.close()
         else:
+            staged = {n: f"{step_dir}/{rd.INCOMING}{n}.{uuid.uuid4().hex[:12]}" for n in prep["needed"]}
             commit, failed_at, error = None, "", ""
             try:
                 for failed_at in prep["needed"]:
                     self._transfer_file(by_name[failed_at], staged[failed_at])
             except Exception as exc:  # any transport failure: remove partial copies, no sentinel
                 error = to_text(exc)
+            if not error:
+                commit = self._execute_module(
+                    module_args=dict(args, _phase="commit", _staged=staged), task_vars=task_vars
+                )
         if commit is None:
             try:
                 aborted = self._execute_module(
@@ -381,12 +421,6 @@ class ActionModule(ActionBase):
             )
             return result
         timing["transfer_s"] = round(time.monotonic() - t0, 3)
-        if not command:
-            t0 = time.monotonic()
-            commit = self._execute_module(
-                module_args=dict(args, _phase="commit", _staged=staged), task_vars=task_vars
-            )
-            timing["commit_s"] = round(time.monotonic() - t0, 3)
         diff = result.get("diff")
         result.update(commit)
         if diff is not None:
@@ -405,26 +439,52 @@ class ActionModule(ActionBase):
             )
         return result
 
-    def _remote_python(self, task_vars, prep: dict) -> str:
-        """The host's Python, as the module ran it (set, or discovered by the prepare call)."""
-        facts = dict(task_vars.get("ansible_facts") or {}, **(prep.get("ansible_facts") or {}))
-        for value in (
-            task_vars.get("ansible_python_interpreter"),
-            facts.get("discovered_interpreter_python"),
-            self._discovered_interpreter,
-        ):
-            if isinstance(value, str) and value:
-                value = str(self._templar.template(value))
-                if not value.startswith("auto"):
-                    return value
-        return sys.executable if self._connection.transport == "local" else "/usr/bin/python3"
+    def _prepare_in_session(self, command: tuple[list, tuple], args: dict) -> tuple[dict, Receiver | None]:
+        """The prepare phase run by the receiver, as the module would run it (its argument
+        spec applied to the same arguments); the session stays open for the files."""
+        checked = ArgumentSpecValidator(ARGUMENT_SPEC).validate(dict(args, state="preload"))
+        if checked.error_messages:
+            return {"failed": True, "msg": f"ramdisk preload: {checked.error_messages[0]}"}, None
+        params = dict(checked.validated_parameters, check_mode=self._task.check_mode, diff=self._task.diff)
+        try:
+            session = Receiver(*command)
+        except OSError as exc:  # ssh could not even start: like a host that does not answer
+            return {"failed": True, "unreachable": True, "msg": f"ramdisk preload: {to_text(exc)}"}, None
+        prep = session.request({"prepare": params})
+        if prep is None:
+            why = session.close()
+            return {
+                "failed": True,
+                "unreachable": session.unreachable,
+                "msg": f"ramdisk preload of step {args.get('step')}: no answer from the host ({why})",
+            }, None
+        return prep, session
 
-    def _receiver_command(self, task_vars, prep: dict) -> tuple[list, tuple] | None:
+    def _remote_python(self, task_vars, result: dict) -> str:
+        """The host's Python as a module would run it: set, discovered earlier, or
+        discovered now (the fact goes back in the result, as after a module call)."""
+        value = task_vars.get("ansible_python_interpreter")
+        value = str(self._templar.template(value)) if isinstance(value, str) and value else ""
+        if value and not value.startswith("auto"):
+            return value
+        found = (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
+        if found:
+            return str(found)
+        if self._connection.transport == "local" and not value:
+            return sys.executable
+        mode = value or str(C.config.get_config_value("INTERPRETER_PYTHON", variables=task_vars))
+        found = discover_interpreter(
+            action=self, interpreter_name="python", discovery_mode=mode, task_vars=task_vars
+        )
+        result.setdefault("ansible_facts", {})["discovered_interpreter_python"] = found
+        return found
+
+    def _receiver_command(self, task_vars, result: dict) -> tuple[list, tuple] | None:
         """argv of the receiver through this host's own connection settings (user, key,
         port, ssh args, the ControlPersist socket) and the fds ssh keeps; None where it
         cannot run as the module would (become, or a connection that is not ssh/local)."""
         conn = self._connection
         if self._play_context.become or conn.transport not in ("ssh", "local"):
             return None
-        remote = [self._remote_python(task_vars, prep), "-c", RECEIVE_BOOT, rd.RECEIVE_TAG]
+        remote = [self._remote_python(task_vars, result), "-c", RECEIVE_BOOT, rd.RECEIVE_TAG]
         return session_command(conn, remote)

@@ -780,6 +780,89 @@ def prepare_preload(plan):
     return removed
 
 
+def preload_prepare(p, check_mode=False, diff=False):
+    # type: (dict, bool, bool) -> dict
+    """A preload's prepare phase, from the module's validated parameters ``p`` (the module
+    runs it, and so does the receiver before the files come, in the same session): the
+    refusals and the plan and, unless check mode, room made, the sentinel dropped, the
+    step claimed for this load (when something is to be sent) and the run's lease taken.
+    Returns the prepared result, or {busy: claim, step_path} while another live preload
+    of the step runs."""
+    if not p.get("step"):
+        raise RamdiskError("state=preload needs a step")
+    if p.get("_manifest") is None:
+        raise RamdiskError("state=preload needs files (sent by the action plugin)")
+    run_id = check_run_id(p["run_id"])
+    root_real = resolve_root(p["root"])
+    sdir = step_dir(root_real, p["step"])
+
+    def plan():
+        return plan_preload(
+            p["root"],
+            p["step"],
+            p["_manifest"],
+            p["exclusive"],
+            p["warn_percent"],
+            p["max_percent"],
+            p["verify"],
+            p["allow_any_root"],
+            p["remove_foreign"],
+            run_id,
+        )
+
+    if check_mode:
+        return prepared_result(plan(), None, diff)
+    if not os.path.isdir(root_real):
+        plan()  # refusals (space, names) before the root is created
+        os.makedirs(root_real, 0o755, exist_ok=True)
+    with RootLock(root_real, p["lock_timeout"]):
+        claim = read_claim(sdir) if os.path.isdir(sdir) else None
+        if claim is not None and claim.get("id") != p["_load_id"]:
+            age = claim_age(sdir)
+            if age <= STALE_LOAD_SECONDS and claim.get("id") != p["_break_claim"]:
+                return {"changed": False, "busy": dict(claim, idle_s=round(age, 1)), "step_path": sdir}
+            drop_claim(sdir)  # its preload is gone; its half-sent copies are removed as leftovers
+        steps = plan()
+        if not steps["complete"]:
+            prepare_preload(steps)
+            write_claim(sdir, p["_load_id"] or "", run_id, p["_holder"])
+        lease = None
+        if run_id:
+            drop_expired_leases(sdir)
+            lease = take_lease(sdir, p["step"], run_id, p["lease_seconds"], p["_holder"])
+    return prepared_result(steps, lease, diff)
+
+
+def prepared_result(plan, lease, diff=False):
+    # type: (dict, dict | None, bool) -> dict
+    """What the prepare phase answers: what is needed, what was removed, the warnings."""
+    res = {
+        "changed": not plan["complete"],
+        "complete": plan["complete"],
+        "step_path": plan["path"],
+        "needed": plan["needed"],
+        "copied": plan["needed"],
+        "copy_bytes": plan["copy_bytes"],
+        "removed": [os.path.join(plan["root"], n) for n in plan["purge"]]
+        + [os.path.join(plan["path"], n) for n in plan["extraneous"] + plan["incoming"]],
+        "foreign": [os.path.join(plan["root"], n) for n in plan["foreign"]],
+        "shm": plan["shm"],
+        "projected_used_percent": plan["projected_used_percent"],
+        "files": dict((e["name"], os.path.join(plan["path"], e["name"])) for e in plan["expected"]),
+        "warnings": plan["warnings"],
+    }
+    if lease is not None:
+        res["lease"] = lease
+    if diff:
+        res["diff"] = {
+            "before_header": f"{plan['path']}/{MANIFEST}",
+            "after_header": f"{plan['path']}/{MANIFEST}",
+            "before": manifest_lines(plan["manifest_before"]),
+            "after": manifest_lines({"files": [dict(e) for e in plan["expected"]]}),
+        }
+    return res
+
+
 def staged_path(sdir, name):
     # type: (str, str) -> str
     return os.path.join(sdir, f"{INCOMING}{name}.{uuid.uuid4().hex[:12]}")
@@ -883,9 +966,9 @@ def abort_preload(root, step, names=None):
 
 
 # --------------------------------------------------------------------------- transfer
-# The action plugin streams the missing files to receive_main() over the host's own
-# connection, one session for all of them: each copy is hashed as it is written (never
-# read again) and the same session commits, manifest last.
+# The action plugin runs a preload as ONE session per host over the host's own connection
+# (receive_main): the prepare phase, then the missing files, each copy hashed as it is
+# written (never read again), then the commit, manifest last.
 
 RECEIVE_TAG = "prng-ramdisk-receive"
 RECEIVE_CHUNK = 1024 * 1024
@@ -1004,17 +1087,47 @@ def receive_and_commit(req, stream):
     )
 
 
+def receive_session(req, stream, out):
+    # type: (dict, object, object) -> dict
+    """One preload session on the host. With ``req["prepare"]`` (the module's validated
+    parameters, + check_mode, diff) it runs the prepare phase first and writes its answer
+    to ``out`` as one JSON line, with the staged name of each needed file; when something
+    is needed, the files follow in that order. Without it ``req`` names the files itself
+    (the prepare ran as a module call). Returns the commit's result, or the prepare's when
+    nothing is to be received."""
+    if "prepare" in req:
+        p = dict(req["prepare"])
+        check_mode, diff = bool(p.pop("check_mode", False)), bool(p.pop("diff", False))
+        prep = preload_prepare(p, check_mode, diff)
+        if prep.get("busy") or prep["complete"] or check_mode:
+            return prep
+        prep["staged"] = dict((n, staged_path(prep["step_path"], n)) for n in prep["needed"])
+        out.write(json.dumps(prep) + "\n")
+        out.flush()
+        req = {
+            "root": p["root"],
+            "step": p["step"],
+            "manifest": p["_manifest"],
+            "files": [{"name": n, "staged": prep["staged"][n]} for n in prep["needed"]],
+            "load_id": p["_load_id"],
+            "verify": p["verify"],
+            "lock_timeout": p["lock_timeout"],
+        }
+    return receive_and_commit(req, stream)
+
+
 def receive_main():
     # type: () -> None
-    """On the host, after the action plugin's bootstrap: a JSON header line, then each
-    file's bytes in the header's order; one JSON line out (the result, or failed + msg)."""
+    """On the host, after the action plugin's bootstrap: a JSON request line (see
+    receive_session), then the files' bytes; JSON lines out, the last one the result
+    (or failed + msg)."""
     stream = sys.stdin.buffer
     try:
         fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, RECEIVE_CHUNK)
     except (OSError, ValueError):
         pass  # not a pipe, or a smaller limit: the default size works too
     try:
-        out = receive_and_commit(json.loads(stream.readline()), stream)
+        out = receive_session(json.loads(stream.readline()), stream, sys.stdout)
     except RamdiskError as exc:
         out = {"failed": True, "msg": str(exc)}
     except Exception as exc:  # reported to the controller as one line, never a traceback

@@ -364,68 +364,38 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.defaults import PRNG_RAMDISK_ROOT  # noqa: E402
 from ansible_collections.prng.cluster.plugins.module_utils.ramdisk import (  # noqa: E402
     MANIFEST,
-    STALE_LOAD_SECONDS,
     RamdiskError,
     RootLock,
     abort_preload,
     check_run_id,
-    claim_age,
     clear_summary,
     commit_locked,
     do_clear,
     drop_claim,
-    drop_expired_leases,
     in_use_text,
     leases,
-    manifest_lines,
     plan_clear,
-    plan_preload,
-    prepare_preload,
-    read_claim,
+    preload_prepare,
     release_lease,
     resolve_root,
     shm_info,
     status,
     step_dir,
     take_lease,
-    write_claim,
 )
-
-
-def _plan(module: AnsibleModule, run_id: str | None) -> dict:
-    p = module.params
-    return plan_preload(
-        p["root"],
-        p["step"],
-        p["_manifest"],
-        p["exclusive"],
-        p["warn_percent"],
-        p["max_percent"],
-        p["verify"],
-        p["allow_any_root"],
-        p["remove_foreign"],
-        run_id,
-    )
 
 
 def _preload(module: AnsibleModule) -> dict:
     p = module.params
-    if not p["step"]:
-        raise RamdiskError("state=preload needs a step")
-    if p["_manifest"] is None:
-        raise RamdiskError("state=preload needs files (sent by the action plugin)")
-    run_id = check_run_id(p["run_id"])
-    root_real = resolve_root(p["root"])
-    sdir = step_dir(root_real, p["step"])
-    phase = p["_phase"]
-    if phase == "abort":
+    if p["_phase"] == "abort":
+        root_real = resolve_root(p["root"])
         with RootLock(root_real, p["lock_timeout"]):
             gone = abort_preload(
                 p["root"], p["step"], [os.path.basename(v) for v in (p["_staged"] or {}).values()]
             )
-            drop_claim(sdir, p["_load_id"])
+            drop_claim(step_dir(root_real, p["step"]), p["_load_id"])
         return {"changed": bool(gone), "removed": gone}
-    if phase == "commit":  # after a copy by the connection's put_file (hosts the stream cannot reach)
+    if p["_phase"] == "commit":  # after a copy by the connection's put_file (hosts the stream cannot reach)
         return commit_locked(
             p["root"],
             p["step"],
@@ -435,56 +405,9 @@ def _preload(module: AnsibleModule) -> dict:
             p["verify"],
             p["lock_timeout"],
         )
-    if module.check_mode:
-        return _prepared(module, _plan(module, run_id), None)
-    if not os.path.isdir(root_real):
-        _plan(module, run_id)  # refusals (space, names) before the root is created
-        os.makedirs(root_real, 0o755, exist_ok=True)
-    with RootLock(root_real, p["lock_timeout"]):
-        claim = read_claim(sdir) if os.path.isdir(sdir) else None
-        if claim is not None and claim.get("id") != p["_load_id"]:
-            age = claim_age(sdir)
-            if age <= STALE_LOAD_SECONDS and claim.get("id") != p["_break_claim"]:
-                return {"changed": False, "busy": dict(claim, idle_s=round(age, 1)), "step_path": sdir}
-            drop_claim(sdir)  # its preload is gone; its half-sent copies are removed as leftovers
-        plan = _plan(module, run_id)
-        if not plan["complete"]:
-            prepare_preload(plan)
-            write_claim(sdir, p["_load_id"] or "", run_id, p["_holder"])
-        lease = None
-        if run_id:
-            drop_expired_leases(sdir)
-            lease = take_lease(sdir, p["step"], run_id, p["lease_seconds"], p["_holder"])
-    return _prepared(module, plan, lease)
-
-
-def _prepared(module: AnsibleModule, plan: dict, lease: dict | None) -> dict:
-    for warning in plan["warnings"]:
+    res = preload_prepare(p, module.check_mode, module._diff)
+    for warning in res.pop("warnings", []):
         module.warn(warning)
-    res = {
-        "changed": not plan["complete"],
-        "complete": plan["complete"],
-        "step_path": plan["path"],
-        "needed": plan["needed"],
-        "copied": plan["needed"],
-        "copy_bytes": plan["copy_bytes"],
-        "removed": [os.path.join(plan["root"], n) for n in plan["purge"]]
-        + [os.path.join(plan["path"], n) for n in plan["extraneous"] + plan["incoming"]],
-        "foreign": [os.path.join(plan["root"], n) for n in plan["foreign"]],
-        "shm": plan["shm"],
-        "projected_used_percent": plan["projected_used_percent"],
-        "files": {e["name"]: os.path.join(plan["path"], e["name"]) for e in plan["expected"]},
-    }
-    if lease is not None:
-        res["lease"] = lease
-    if module._diff:
-        after = {"files": [dict(e) for e in plan["expected"]]}
-        res["diff"] = {
-            "before_header": f"{plan['path']}/.manifest.json",
-            "after_header": f"{plan['path']}/.manifest.json",
-            "before": manifest_lines(plan["manifest_before"]),
-            "after": manifest_lines(after),
-        }
     return res
 
 
@@ -573,32 +496,34 @@ def _status(module: AnsibleModule) -> dict:
     return res
 
 
+# Also the action plugin's: it validates a preload with it before the receiver session.
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", choices=["preload", "clear", "status", "lease", "release"], default="status"),
+    root=dict(type="path", default=PRNG_RAMDISK_ROOT, aliases=["ramdisk_root"]),
+    step=dict(type="str"),
+    files=dict(type="list", elements="path"),
+    exclusive=dict(type="bool", default=False),
+    allow_any_root=dict(type="bool", default=False),
+    remove_foreign=dict(type="bool", default=False),
+    warn_percent=dict(type="float", default=50),
+    max_percent=dict(type="float", default=80),
+    verify=dict(type="str", choices=["quick", "full"], default="quick"),
+    _manifest=dict(type="list", elements="dict"),
+    _phase=dict(type="str", choices=["prepare", "commit", "abort"], default="prepare"),
+    _staged=dict(type="dict"),
+    _load_id=dict(type="str"),
+    _holder=dict(type="str", default=""),
+    _break_claim=dict(type="str"),
+    run_id=dict(type="str", default=""),
+    lease_seconds=dict(type="float", default=21600.0),
+    lock_timeout=dict(type="float", default=900.0),
+    clear_unused=dict(type="bool", default=False),
+)
+
+
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(
-                type="str", choices=["preload", "clear", "status", "lease", "release"], default="status"
-            ),
-            root=dict(type="path", default=PRNG_RAMDISK_ROOT, aliases=["ramdisk_root"]),
-            step=dict(type="str"),
-            files=dict(type="list", elements="path"),
-            exclusive=dict(type="bool", default=False),
-            allow_any_root=dict(type="bool", default=False),
-            remove_foreign=dict(type="bool", default=False),
-            warn_percent=dict(type="float", default=50),
-            max_percent=dict(type="float", default=80),
-            verify=dict(type="str", choices=["quick", "full"], default="quick"),
-            _manifest=dict(type="list", elements="dict"),
-            _phase=dict(type="str", choices=["prepare", "commit", "abort"], default="prepare"),
-            _staged=dict(type="dict"),
-            _load_id=dict(type="str"),
-            _holder=dict(type="str", default=""),
-            _break_claim=dict(type="str"),
-            run_id=dict(type="str", default=""),
-            lease_seconds=dict(type="float", default=21600.0),
-            lock_timeout=dict(type="float", default=900.0),
-            clear_unused=dict(type="bool", default=False),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
     # An empty root must be refused, not replaced by a default: check the raw value.

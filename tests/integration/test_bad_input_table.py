@@ -62,6 +62,7 @@ def npz_uint32(tmp: Path) -> None:
 
 
 TRAIN = json.loads((DEMO / "train_history.json").read_text())
+JOB = {"id": "t1", "argv": ["{worker_bin}/python", "-c", "pass"], "outputs": [{"path": "{out}/t.json"}]}
 REC = {"seed": 5, "family": "java_lcg"}
 S = "{tmp}/survivors.json"
 CASES = [
@@ -142,6 +143,54 @@ CASES = [
         "{tmp}/none.json",
         playbook="playbooks/step1.yml",
     ),
+    # found by trying it as an operator would (issue 9, second pass)
+    Case("survivors a folder", {"step3_survivors": "{tmp}"}, "{tmp} is a folder"),
+    Case("run folder is a file", {"step3_run_dir": "{tmp}/keep.txt"}, "{tmp}/keep.txt"),
+    Case(
+        "memory model not JSON",
+        {"step3_memory_model": "{tmp}/model.json"},
+        "{tmp}/model.json",
+        write("model.json", ""),
+    ),
+    Case("scheduler settings not a mapping", {"fanout_settings": "abc"}, "settings"),
+    Case("host gpu_count a boolean", {"gpu_count": True}, "gpu_count"),
+    Case("host memory_margin_pct NaN", {"memory_margin_pct": "nan"}, "memory_margin_pct"),
+    Case("host worker_device unknown", {"worker_device": "gpu0"}, "worker_device"),
+    Case("shard with non-ASCII digits", {"shard": "\u00b2/3"}, "shard"),
+    Case("Step 1 threshold empty", {"step1_threshold": ""}, "threshold", playbook="playbooks/step1.yml"),
+    Case(
+        "Step 1 seed_start beyond 2^64",
+        {"step1_seed_start": str(2**64)},
+        "seed_start",
+        playbook="playbooks/step1.yml",
+    ),
+    Case(
+        "jobs file: an output outside the job's folder",
+        {"jobs_file": "{tmp}/jobs.json"},
+        "{tmp}/jobs.json: job t1",
+        write("jobs.json", {"jobs": [dict(JOB, outputs=[{"path": "/etc/passwd"}])]}),
+        playbook="playbooks/run_jobs.yml",
+    ),
+    Case(
+        "jobs file: a job id that is a path",
+        {"jobs_file": "{tmp}/jobs.json"},
+        "{tmp}/jobs.json: job 0",
+        write("jobs.json", {"jobs": [dict(JOB, id="../t1")]}),
+        playbook="playbooks/run_jobs.yml",
+    ),
+    Case(
+        "jobs file: argv a string",
+        {"jobs_file": "{tmp}/jobs.json"},
+        "{tmp}/jobs.json: job t1",
+        write("jobs.json", {"jobs": [dict(JOB, argv="echo hi")]}),
+        playbook="playbooks/run_jobs.yml",
+    ),
+    Case(
+        "merge without shard_dirs",
+        {"run_dir": "{tmp}/merged"},
+        "shard_dirs",
+        playbook="playbooks/merge_shards.yml",
+    ),
     Case(
         "ramdisk clear of a disk folder",
         {"ramdisk_root": "{tmp}"},
@@ -171,7 +220,8 @@ def run_case(case: Case, tmp: Path) -> tuple[int, str]:
         case.make(tmp)
     (tmp / "keep.txt").write_text("an operator's file\n")
     run_dir = tmp / "run"
-    extra = dict(fill(case.extra, tmp), step3_run_dir=str(run_dir), step1_run_dir=str(run_dir))
+    dirs = {"step3_run_dir": str(run_dir), "step1_run_dir": str(run_dir), "jobs_run_dir": str(run_dir)}
+    extra = dict(dirs, **fill(case.extra, tmp))
     rc, msg, out = playbook(case.playbook, extra, *case.extra_args, timeout=300)
     assert rc != 0, f"{case.what}: accepted\n{out[-2000:]}"
     assert msg and "\n" not in msg, f"{case.what}: not one line: {msg!r}\n{out[-2000:]}"

@@ -61,3 +61,79 @@ def test_pipeline_demo_ranks_the_planted_seed_first(tmp_path: Path, shm_root: Pa
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "Step 1 already finished" in again.stdout and "Step 3 already finished" in again.stdout
+
+
+def test_pipeline_own_history_offset_skip_check_and_plan_only(tmp_path: Path, shm_root: Path) -> None:
+    """The issue's interface on a history of our own: a seed planted at offset 7 and skip 3
+    comes out of Step 3 ranked first (Step 3 scored it on other draws than Step 1 found it on,
+    i.e. 0 matches); `--check` prints Step 1's plan and stops cleanly before Step 3 (it failed
+    on Step 3's missing input); `-e plan_only=true` refuses instead of running everything."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("ANSIBLE_CONFIG", None)
+    seed, history = 3_000_017, tmp_path / "history.json"
+    made = subprocess.run(
+        [str(BIN / "prng-make-history"), "--family", "mt19937", "--seed", str(seed), "--count", "300",
+         "--skip", "3", "--offset", "7", "--out", str(history)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    run_dir = tmp_path / "p"
+    params = {
+        "history": str(history), "family": "mt19937", "seed_start": seed - 2000, "seed_end": seed + 2000,
+        "window": 32, "offset": 7, "skip_min": 0, "skip_max": 4, "threshold": 0.03, "mod": 1000,
+        "run_dir": str(run_dir), "ramdisk_root": str(shm_root),
+    }  # fmt: skip
+    argv = [str(BIN / "ansible-playbook"), "playbooks/pipeline.yml", "-e", json.dumps(params)]
+
+    def play(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*argv, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+    refused = play("-e", "plan_only=true")
+    assert refused.returncode != 0 and "run the same command with --check" in refused.stdout
+    assert not run_dir.exists()
+    check = play("--check")
+    assert check.returncode == 0, check.stdout[-4000:]
+    assert '"chunk_size": 100000' in check.stdout and '"slot_reason"' in check.stdout
+    assert "check mode: no job ran; Step 1 planned above" in check.stdout and not run_dir.exists()
+    done = play()
+    assert done.returncode == 0, done.stdout[-4000:]
+    draws = [h["draw"] for h in json.loads(history.read_text())]
+    assert json.loads((run_dir / "train_history.json").read_text()) == draws[:240]
+    assert json.loads((run_dir / "holdout_history.json").read_text()) == draws[240:]
+    step1 = read_survivors(run_dir / "step1" / "bidirectional_survivors.npz")
+    row = step1["seeds"].tolist().index(seed)
+    rates = [step1[k][row] for k in ("forward_match_rate", "reverse_match_rate", "score", "best_skip")]
+    assert rates == [1, 1, 1, 3]
+    scored = json.loads((run_dir / "step3" / "survivors_with_scores.json").read_text())
+    assert scored[0]["seed"] == seed and scored[0]["holdout_hits"] == 1.0 and len(scored) > 1
+    assert scored[0]["features"]["exact_matches"] == 240 - 7
+    assert scored[0]["features"]["meta_reverse_match_rate"] == 1.0
+    replan = play("--check")  # Step 1's survivors exist now: Step 3's plan shows too
+    assert replan.returncode == 0 and replan.stdout.count('"slot_reason"') == 2, replan.stdout[-4000:]
+
+
+def test_run_jobs_refuses_a_relative_script_no_host_has(tmp_path: Path, shm_root: Path) -> None:
+    """An old scripts_coordinator jobs file names its script relative to the old project folder;
+    a host runs each job in the job's own folder, so a script that is not one of the step's
+    files never exists there. Refused before anything starts (every job failed on every retry)."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("ANSIBLE_CONFIG", None)
+    (tmp_path / "train_history.json").write_text(json.dumps(list(range(50))))
+    (tmp_path / "trial.py").write_text("import sys; open(sys.argv[2], 'w').write('{}')\n")
+    job = {"job_id": "t0", "script": "trial.py", "args": ["--output", "r/t0.json"], "gpu_id": 0}
+    (tmp_path / "jobs.json").write_text(json.dumps({"jobs": [job]}))
+    params = {
+        "jobs_file": str(tmp_path / "jobs.json"), "run_dir": str(tmp_path / "run"),
+        "ramdisk_root": str(shm_root), "jobs_inputs": [str(tmp_path / "train_history.json")],
+    }  # fmt: skip
+    argv = [str(BIN / "ansible-playbook"), "playbooks/run_jobs.yml", "-e", json.dumps(params)]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    said = " ".join(proc.stdout.split())
+    assert "script trial.py is a relative path and not one of the step's files (train_history.json)" in said
+    assert not (tmp_path / "run" / "journal.jsonl").exists()
+    params["jobs_inputs"].append(str(tmp_path / "trial.py"))  # named: it travels with the data and runs
+    argv[-1] = json.dumps(params)
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "run" / "outputs" / "t0" / "t0.json").read_text() == "{}"

@@ -104,6 +104,30 @@ def test_i13_preload_three_hosts_rerun_unchanged_then_only_changed_file(
             assert now[name] == first[host][name]
 
 
+@pytest.mark.parametrize("become", [False, True], ids=["session", "become-module"])
+def test_preload_one_session_per_host_or_the_module_phases_under_become(
+    make_cluster: Callable[..., Cluster], srcs: dict[str, Path], become: bool
+) -> None:
+    """Without become a preload is ONE receiver session per host (prepare, files, commit);
+    with become the module's prepare and commit phases around put_file. Same files, same
+    manifest, and an unchanged re-run ends at the prepare either way."""
+    c = make_cluster(2, shm_mb=64)
+    files = ",".join(str(p) for p in srcs.values())
+    extra = ("-b", "--become-method", "su") if become else ()
+    via = "module" if become else "session"
+    for status in ("CHANGED", "SUCCESS"):
+        out = adhoc(c, "all", f"state=preload step=step3 files={files}", *extra)
+        for host, (got, result) in out.items():
+            assert got == status and result["timing"]["via"] == via, (host, result)
+            assert result["complete"] is (status == "SUCCESS"), (host, result)
+            on_host = files_on(c, host, "step3")
+            assert {n: d for n, (_, d) in on_host.items() if not n.startswith(".")} == {
+                n: p.read_bytes() for n, p in srcs.items()
+            }
+            manifest = json.loads(on_host[".manifest.json"][1])
+            assert sorted(f["name"] for f in manifest["files"]) == sorted(srcs)
+
+
 def test_i25_small_shm_host_refuses_others_succeed(
     make_cluster: Callable[..., Cluster], srcs: dict[str, Path]
 ) -> None:

@@ -225,3 +225,27 @@ def test_a_running_step3_holds_its_inputs_a_standalone_preload_refuses_and_the_r
     )
     assert res.returncode == 0, res.stdout[-3000:]
     assert all(step_files(c, h, "step3") == {} for h in c.hosts)
+
+
+def test_a_step3_that_cannot_start_its_fan_out_gives_its_lease_back(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    # The preflight loads the inputs and takes the run's lease on both hosts; then no worker
+    # fits anywhere (a memory model of 10 TB per worker), so the fan-out cannot start. The
+    # run fails with that one line, and its hosts still give the lease back (they would
+    # otherwise keep the step for lease_seconds, 6 h by default).
+    c = make_cluster([HostSpec(f"node{i}") for i in (1, 2)])
+    model = json.loads((Path(__file__).resolve().parents[2] / "data" / "memory_model.json").read_text())
+    for m in model["models"].values():
+        m["base_mb"] = 1e7
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    extra = {"step3_run_dir": str(tmp_path / "step3"), "step3_memory_model": str(tmp_path / "model.json")}
+    res = c.playbook("playbooks/step3.yml", extra_vars=extra, **JSON)
+    assert res.returncode != 0, res.stdout[-3000:]
+    msgs = fatal_messages(res)
+    assert list(msgs) == ["localhost"], res.stdout[-4000:]
+    assert msgs["localhost"].startswith("fanout: no host can run this step: node1: no worker fits"), msgs
+    step = {h: c.hosts[h].shm / "prng" / "step3" for h in c.hosts}
+    assert all(list(d.glob("survivors*")) for d in step.values())  # not finished: not cleared
+    left = {h: [n for n in os.listdir(d) if n.startswith(".lease-")] for h, d in step.items()}
+    assert left == {h: [] for h in c.hosts}, left

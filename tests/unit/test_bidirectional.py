@@ -301,3 +301,67 @@ def test_cli_bidirectional_output_is_a_step3_input(tmp_path: Path, capsys: pytes
         str(out), str(tmp_path / "train.json"), str(tmp_path / "holdout.json"), "java_lcg", 1000
     )
     assert got["survivors"]["count"] == summary["survivors"]
+
+
+@pytest.mark.parametrize("family", ["java_lcg", "mt19937", "xorshift32", "pcg32", "minstd"])
+def test_step3_scores_a_seed_found_at_an_offset_and_skip_on_its_own_draws(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], family: str
+):
+    """Step 1's window starts at history index `offset` after `offset` generator calls; Step 3
+    given the pipeline's split (first 80 % / rest of the whole history) must read the survivors'
+    offset the same way. It scored draw i as call (i+1)(s+1) against train draw i, so a seed
+    planted at offset 7 and skip 3 got 0 train matches and was not ranked first."""
+    from prng_workers.scoring import cli as score_cli
+
+    seed, skip, offset = 5_000_123, 3, 7
+    hist, _ = make_history(family, seed, 300, skip=skip, offset=offset)
+    (tmp_path / "h.json").write_text(json.dumps(hist))
+    draws = [h["draw"] for h in hist]
+    (tmp_path / "train.json").write_text(json.dumps(draws[:240]))
+    (tmp_path / "holdout.json").write_text(json.dumps(draws[240:]))
+    surv = tmp_path / "bidirectional_survivors.npz"
+    argv = f"--family {family} --history {tmp_path / 'h.json'} --window 32 --offset {offset} --skip-max 4"
+    argv += f" --threshold 0.03 --seed-start {seed - 1500} --seed-end {seed + 1500} --direction bidirectional"
+    assert sieve_cli.main([*argv.split(), "--backend", "numpy", "--out", str(surv)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "scored.json"
+    argv = f"--survivors {surv} --train-history {tmp_path / 'train.json'} --holdout-history"
+    argv += f" {tmp_path / 'holdout.json'} --family {family} --backend numpy --out {out}"
+    assert score_cli.main(argv.split()) == 0
+    assert json.loads(capsys.readouterr().out)["offset"] == offset
+    scored = {r["seed"]: r for r in json.loads(out.read_text())}
+    best = max(scored.values(), key=lambda r: r["score"])
+    planted = scored[seed]
+    assert planted["features"]["exact_matches"] == planted["features"]["total_predictions"] == 240 - offset
+    assert planted["holdout_hits"] == 1.0 and best["seed"] == seed and len(scored) > 1
+
+
+def test_step3_refuses_an_offset_past_the_train_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from prng_workers.scoring import cli as score_cli
+
+    (tmp_path / "s.json").write_text(json.dumps([{"seed": 1, "family": "java_lcg", "offset": 40}]))
+    (tmp_path / "t.json").write_text(json.dumps(list(range(40))))
+    argv = f"--survivors {tmp_path / 's.json'} --train-history {tmp_path / 't.json'} --holdout-history"
+    argv += f" {tmp_path / 't.json'} --family java_lcg --backend numpy --out {tmp_path / 'o.json'}"
+    assert score_cli.main(argv.split()) == 2
+    assert "offset 40 leaves no train draw (train history has 40)" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("family", ["java_lcg", "mt19937", "java_random"])
+def test_step3_offset_reaches_the_torch_draws_too(family: str):
+    """The torch backend makes its draws itself (`device_draws`): the offset must reach it."""
+    pytest.importorskip("torch")
+    from prng_workers.scoring import engine
+
+    rng = np.random.default_rng(1)
+    seeds = rng.integers(0, 2**31, 20).astype(np.uint64)
+    skips = rng.integers(0, 4, 20)
+    train, holdout = rng.integers(0, 1000, 120), rng.integers(0, 1000, 30)
+    fam = get_family(family)
+    want = engine.score_chunk(fam, seeds, skips, train, holdout, 1000, engine.NumpyBackend(), 7, offset=7)
+    got = engine.score_chunk(fam, seeds, skips, train, holdout, 1000, engine.TorchBackend("cpu"), 7, offset=7)
+    at_zero = engine.score_chunk(fam, seeds, skips, train, holdout, 1000, engine.NumpyBackend(), 7)
+    np.testing.assert_allclose(got.train, want.train, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got.holdout, want.holdout, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(at_zero.train, want.train)

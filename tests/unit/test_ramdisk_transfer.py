@@ -1,8 +1,8 @@
-"""The ramdisk transfer: the missing files go through ONE session to a receiver that hashes
-each copy while it writes it (no second read) and commits in the same session, manifest
-last. Real files on the real /dev/shm tmpfs and a real receiver process started the way
-the action plugin starts it (here without ssh: `local`); the same over real SSH is in
-tests/integration/test_ramdisk_transfer_cluster.py."""
+"""The ramdisk transfer: ONE session with a receiver that prepares, receives the missing
+files, hashing each copy while it writes it (no second read), and commits, manifest last.
+Real files on the real /dev/shm tmpfs and a real receiver process started the way the
+action plugin starts it (here without ssh: `local`); the same over real SSH runs in
+tests/integration/test_ramdisk_cluster.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "collections"))
@@ -52,30 +53,31 @@ def run_module(args: dict) -> dict:
 
 
 def stream(root: Path, srcs: dict[str, Path], manifest: list[dict] | None = None) -> tuple[dict, dict]:
-    """What the action plugin does over a connection: prepare (module call), then one
-    receiver session for every needed file. The receiver runs isolated (-I, another cwd):
-    it has only the source the action sends, not this checkout."""
+    """What the action plugin does over a connection: ONE receiver session that prepares
+    (the module's arguments, validated by its spec), receives the needed files and commits.
+    The receiver runs isolated (-I, another cwd): it has only the source the action sends,
+    not this checkout. Returns (the prepare's answer, the result)."""
     manifest = manifest or [entry(p) for p in srcs.values()]
-    load_id = uuid.uuid4().hex
-    prep = run_module(
-        {"state": "preload", "root": str(root), "step": STEP, "_manifest": manifest, "_load_id": load_id}
-    )
-    assert not prep.get("failed"), prep
-    staged = {n: rd.staged_path(prep["step_path"], n) for n in prep["needed"]}
-    header = {
+    args = {
+        "state": "preload",
         "root": str(root),
         "step": STEP,
-        "manifest": manifest,
-        "files": [{"name": n, "staged": staged[n]} for n in prep["needed"]],
-        "load_id": load_id,
+        "_manifest": manifest,
+        "_load_id": uuid.uuid4().hex,
     }
+    params = ArgumentSpecValidator(mod.ARGUMENT_SPEC).validate(args).validated_parameters
     sizes = {m["name"]: m["size"] for m in manifest}
     argv = [sys.executable, "-I", "-c", action.RECEIVE_BOOT, rd.RECEIVE_TAG]
-    files = [(n, str(srcs[n]), sizes[n]) for n in prep["needed"]]
     cwd = os.getcwd()
     os.chdir("/")
     try:
-        res, _at, error = action.stream_files(argv, (), header, files)
+        session = action.Receiver(argv, ())
+        prep = session.request({"prepare": params})
+        assert prep is not None and not prep.get("failed"), (prep, session.close())
+        res = (
+            prep if prep["complete"] else session.send([(n, str(srcs[n]), sizes[n]) for n in prep["needed"]])
+        )
+        error = session.close()
     finally:
         os.chdir(cwd)
     assert res is not None, error
@@ -101,7 +103,10 @@ def test_one_session_receives_hashes_and_commits(root: Path, srcs: dict[str, Pat
         step / "survivors.npz"
     )
     assert leftovers(root) == [] and not (step / rd.PREV_MANIFEST).exists()
-    # Unchanged: the prepare call alone answers (the only call of a re-run).
+    # Unchanged: the session's prepare answers "complete" and ends there (a re-run's only
+    # call per host); the module's prepare says the same.
+    again, res = stream(root, srcs)
+    assert again["complete"] is True and again["needed"] == [] and res is again
     again = run_module({"state": "preload", "root": str(root), "step": STEP, "_manifest": manifest["files"]})
     assert again["complete"] is True and again["needed"] == []
 

@@ -213,7 +213,7 @@ def test_merge_refuses_a_changed_output_and_a_running_shard(tmp_path: Path) -> N
     jobs = jobs_file(tmp_path, 4)
     a = make_shard(tmp_path, "1/2", jobs)
     b = make_shard(tmp_path, "2/2", jobs)
-    (b / "outputs" / "j003" / "o.json").write_text("{}")
+    (b / "outputs" / "j003" / "o.json").write_text(json.dumps({"job": "j999"}))  # same size
     assert refused(a, b) == (
         f"shard 2/2 ({b}): job j003: outputs/j003/o.json changed since it was validated (sha256); "
         "resume it (its command again), then merge again"

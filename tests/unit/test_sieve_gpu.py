@@ -37,10 +37,10 @@ static Dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, gridDim = {1, 1, 1}, bl
 static int atomicAdd(int* p, int v) { int old = *p; *p += v; return old; }
 #include "kernel.cu"
 int main() {
-    unsigned long long start; long long n; int k, need, n_consts;
-    if (std::scanf("%llu %lld %d %d %d", &start, &n, &k, &need, &n_consts) != 5) return 3;
-    std::vector<unsigned> r(k);
-    for (int i = 0; i < k; i++) if (std::scanf("%u", &r[i]) != 1) return 3;
+    unsigned long long start; long long n; int n_words, need, n_consts;
+    if (std::scanf("%llu %lld %d %d %d", &start, &n, &n_words, &need, &n_consts) != 5) return 3;
+    std::vector<unsigned> r(n_words > 0 ? n_words : 1);
+    for (int i = 0; i < n_words; i++) if (std::scanf("%u", &r[i]) != 1) return 3;
     std::vector<unsigned long long> consts(n_consts > 0 ? n_consts : 1);
     for (int i = 0; i < n_consts; i++) if (std::scanf("%llu", &consts[i]) != 1) return 3;
     std::vector<int> rec(3 * n);
@@ -136,10 +136,10 @@ def host_kernel(
     words = [
         job.seed_start,
         n,
-        job.window,
+        build.residues.size,
         need,
         build.consts.size,
-        *job.residues.tolist(),
+        *build.residues.tolist(),
         *build.consts.tolist(),
     ]
     out = subprocess.run(
@@ -201,6 +201,25 @@ def test_kernel_source_logic_equals_numpy(tmp_path: Path, gxx: str, family: str)
     )
     seeds, cnt, sk = host_kernel(tmp_path, gxx, job, job.need)
     assert seeds.tolist() == [seed] and sk.tolist() == [skip] and cnt.tolist() == [12]
+
+
+@pytest.mark.parametrize("family", ["java_lcg", "minstd", "lcg32", "pcg32"])
+def test_affine_divisibility_test_equals_numpy(tmp_path: Path, gxx: str, family: str):
+    """The affine kernels count v mod m == r as rotr((v - r) * o^-1, z) <= (2^32-1-r) // m
+    (m = 2^z * o). Residues r = v + (2^32 mod m) are the trap: v - r wraps to 2^32 - (2^32 mod
+    m), a multiple of m, so a test with one bound for every residue ((2^32-1) // m) would count
+    them; the exact count (NumPy) does not. Even and odd m, m = 1, and m near 2^32."""
+    seed, skip, k, off = 2**33 + 17, 2, 12, 1
+    for m in (1, 3, 1024, 3 << 30, (1 << 32) - 5, (1 << 32) - 2):
+        v = get_family(family).draws([seed], k, 1 << 32, skip, off)[0]
+        c0 = (1 << 32) % m
+        trap = (np.arange(k) % 2 == 0) & (v + c0 < m) & (c0 > 0)
+        r = np.where(trap, v + c0, v % m)
+        assert m < 1 << 30 or trap.any()  # the trap is laid where it can be
+        job = SieveJob(family, r, m, off, 0, 3, 0.2, 2**33 - 50, 2**33 + 150)
+        check_equal(tmp_path, gxx, job)
+        want, _ = numpy_sieve_range(job, seed, seed + 1)
+        assert want[0] == k - int(trap.sum()), (m, want)  # the planted seed: all but the traps
 
 
 @pytest.mark.gpu

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -30,6 +31,14 @@ import yaml
 
 class ContractError(ValueError):
     """Bad input, parameter or host variable; the message is one line for the operator."""
+
+
+def _shown(value: Any) -> str:
+    """A value as the operator typed it (Ansible hands over its own str/list subclasses)."""
+    for plain in (str, list, dict, int, float):
+        if isinstance(value, plain) and not isinstance(value, bool):
+            return repr(plain(value))[:120]
+    return repr(value)[:120]
 
 
 # -- typed values ----------------------------------------------------------------------
@@ -69,8 +78,12 @@ def _path(name: str, value: Any) -> str:
     if not text:
         raise ContractError(f"{name}: expected a file path, got an empty value")
     path = os.path.abspath(os.path.expanduser(text))
+    if os.path.isdir(path):
+        raise ContractError(f"{name}: {path} is a folder, expected a file")
     if not os.path.isfile(path):
         raise ContractError(f"{name}: file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise ContractError(f"{name}: {path} is not readable by this user, expected a readable file")
     return path
 
 
@@ -86,9 +99,9 @@ def _paths(name: str, value: Any) -> List[str]:
 def _shard(name: str, value: Any) -> str:
     """`K/N`: this run is shard K of N of one step (docs/fanout.md, "Shards")."""
     text = value.replace(" ", "") if isinstance(value, str) else ""
-    k, sep, n = text.partition("/")
-    if sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n):
-        return f"{int(k)}/{int(n)}"
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text)  # ASCII digits: str.isdigit also takes "²"
+    if match and 1 <= int(match.group(1)) <= int(match.group(2)):
+        return f"{int(match.group(1))}/{int(match.group(2))}"
     raise ContractError(f"{name}: expected K/N with 1 <= K <= N (shard K of N, e.g. 1/2), got {value!r}")
 
 
@@ -130,7 +143,8 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-SEED_SPACE = float(2**64 - 1)
+# An int, not a float: float(2**64 - 1) == 2**64, so a seed of 2**64 would pass a float bound.
+SEED_SPACE = 2**64 - 1
 TIMEOUT = Param("float", default=3600.0, above=0)
 # Part of the identity: a resume with another shard is refused, the difference named.
 SHARD = Param("shard", identity=True)
@@ -182,7 +196,7 @@ def check_params(kind: str, raw: Dict[str, Any]) -> Dict[str, Any]:
     if kind not in PARAMS:
         raise ContractError(f"plan: expected one of {', '.join(sorted(PARAMS))}, got {kind!r}")
     if not isinstance(raw, dict):
-        raise ContractError(f"params: expected a mapping, got {type(raw).__name__}")
+        raise ContractError(f"params: expected a mapping, got {_shown(raw)}")
     spec = PARAMS[kind]
     unknown = sorted(set(raw) - set(spec))
     if unknown:
@@ -192,7 +206,12 @@ def check_params(kind: str, raw: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for name, param in spec.items():
         value = raw.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
+        empty = isinstance(value, str) and not value.strip()
+        if empty and param.default is not None and param.kind != "paths":
+            # `-e threshold=` is a typo, not "the default": the playbook's default may differ
+            # from this one (Step 1's direction is bidirectional there, forward here).
+            raise ContractError(f"{name}: expected {_expected(param)}, got an empty value")
+        if value is None or empty:
             if param.required:
                 raise ContractError(f"{name}: required for a {kind} plan, not given")
             if param.default is not None:
@@ -209,6 +228,30 @@ def check_params(kind: str, raw: Dict[str, Any]) -> Dict[str, Any]:
                 f"skip_max: expected a value >= skip_min ({out['skip_min']}), got {out['skip_max']}"
             )
     return out
+
+
+def _expected(param: Param) -> str:
+    if param.choices:
+        return "one of " + ", ".join(param.choices)
+    return {"int": "an integer", "float": "a number", "paths": "a list of file paths"}.get(
+        param.kind, "a value"
+    )
+
+
+def check_run_dir(value: Any) -> str:
+    """The run folder: absolute; a folder or not there yet, never a file (it is created later,
+    after the preflight has touched the hosts: a file there must be found before)."""
+    text = _str("run_dir", value)
+    if not text:
+        raise ContractError("run_dir: expected a folder path, got an empty value")
+    path = os.path.abspath(os.path.expanduser(text))
+    probe = path
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is" if probe == path else f"lies under {probe}, which is"
+        raise ContractError(f"run_dir: {path} {what} a file, expected a folder (or a path to create)")
+    return path
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -230,7 +273,7 @@ _POSITIVE = ("target_dispatch_seconds", "poll_seconds", "progress_interval")
 def check_settings(raw: Any, settings_cls: Any) -> Any:
     """The scheduler's knobs (`settings:`), typed and in range; unknown names refused."""
     if not isinstance(raw, dict):
-        raise ContractError(f"settings: expected a mapping, got {type(raw).__name__}")
+        raise ContractError(f'settings: expected a mapping (e.g. {{"max_attempts": 5}}), got {_shown(raw)}')
     defaults = settings_cls()
     known = sorted(settings_cls.__dataclass_fields__)
     unknown = sorted(set(raw) - set(known))
@@ -274,6 +317,8 @@ def check_inputs(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
     if kind == "list":
         return {}
     contract, input_error = _workers()
+    if kind == "score" and params.get("memory_model"):
+        check_memory_model(params["memory_model"])
     try:
         if kind == "score":
             return contract.check_score_inputs(
@@ -300,6 +345,31 @@ def check_inputs(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
         )
     except input_error as exc:
         raise ContractError(str(exc).splitlines()[0] if str(exc) else "bad input") from None
+
+
+def check_memory_model(path: str) -> None:
+    """The memory model the slots are sized with (scripts' measure_memory output): read only
+    after the preflight otherwise, where a bad file was a raw JSON error (no file named)."""
+    where = f"memory_model {path}"
+    try:
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{where}: not a readable JSON file ({str(exc).splitlines()[0][:80]})") from None
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise ContractError(
+            f'{where}: no models, expected {{"models": {{<backend>: {{"base_mb": N, '
+            '"bytes_per_seed_draw": N}}} (playbooks/measure_memory.yml writes it)'
+        )
+    for backend, model in models.items():
+        for key in ("base_mb", "bytes_per_seed_draw"):
+            value = model.get(key) if isinstance(model, dict) else None
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0:
+                raise ContractError(
+                    f"{where}: models.{backend}.{key} is {_shown(value)}, expected a number >= 0"
+                )
 
 
 def worker_identity() -> Dict[str, Any]:
@@ -344,6 +414,9 @@ def check_host(name: str, hostvars: Any) -> Dict[str, Any]:
         value = hostvars.get(key) if hasattr(hostvars, "get") else None
         if value is not None:
             values[key] = value
+        # Ansible's validator takes `gpu_count: yes` as an int: refuse a boolean for a number.
+        if isinstance(value, bool) and spec[key].get("type") in ("int", "float"):
+            raise ContractError(f"host {name}: {key}: expected {spec[key]['type']}, got {value!r}")
     validator = ArgumentSpecValidator(
         {k: {kk: vv for kk, vv in v.items() if kk != "description"} for k, v in spec.items()}
     )
@@ -355,10 +428,18 @@ def check_host(name: str, hostvars: Any) -> Dict[str, Any]:
         value = out.get(key)
         if value is None:
             continue
-        if (low is not None and value < low) or (high is not None and value > high):
+        # NaN compares false with everything: it must fail the range, not pass it
+        inside = (low is None or value >= low) and (high is None or value <= high)
+        if not math.isfinite(value) or not inside:
             raise ContractError(
                 f"host {name}: {key}: expected a value in [{_fmt(low)}, {_fmt(high)}], got {value!r}"
             )
+    bad = [i for i in out.get("gpu_exclude") or [] if not 0 <= i < 64]
+    if bad:
+        raise ContractError(f"host {name}: gpu_exclude: expected GPU indexes in [0, 63], got {bad[0]!r}")
+    device = out.get("worker_device")
+    if device is not None and not re.fullmatch(r"(auto|cpu|cuda(:[0-9]{1,2})?)?", str(device)):  # "" is auto
+        raise ContractError(f"host {name}: worker_device: expected auto, cpu, cuda or cuda:N, got {device!r}")
     return out
 
 

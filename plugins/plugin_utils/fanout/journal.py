@@ -68,6 +68,23 @@ class Job:
     def splittable(self) -> bool:
         return self.range is not None and self.range[1] - self.range[0] >= 2
 
+    def output_problem(self, run_dir: str) -> str:
+        """Why this done job's outputs no longer hold what was validated ('' when they do):
+        a resume queues it again (i34), a merge refuses its shard."""
+        outputs = self.result.get("outputs") or []
+        if not outputs:
+            return "no output recorded"
+        for out in outputs:
+            path = os.path.join(run_dir, out["path"])
+            if not os.path.isfile(path):
+                return f"{out['path']} is missing"
+            size = os.path.getsize(path)
+            if out.get("bytes") is not None and size != out["bytes"]:
+                return f"{out['path']} holds {size} bytes, {out['bytes']} were validated"
+            if out.get("sha256") and file_sha256(path) != out["sha256"]:
+                return f"{out['path']} changed since it was validated (sha256)"
+        return ""
+
 
 def hash_inputs(inputs: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}

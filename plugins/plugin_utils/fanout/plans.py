@@ -7,10 +7,12 @@ Steps 2 and 5), `ScorePlan` (Step 3), `SievePlan` (Step 1); `make_plan(kind, par
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from typing import Any, Dict, List
 
-from ansible_collections.prng.cluster.plugins.module_utils.job_validate import seeds_digest
+from ansible_collections.prng.cluster.plugins.module_utils.job_validate import KINDS, seeds_digest
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.journal import Job
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import (
     Plan,
@@ -94,19 +96,20 @@ class ListPlan(Plan):
         for i, item in enumerate(raw):
             if not isinstance(item, dict):
                 raise PlanError(f"jobs file {path}: job {i} is not an object")
-            job_id = str(item.get("id") or item.get("job_id") or f"job{i:04d}")
+            job_id = _job_id(item, i, path)
             if job_id in seen:
                 raise PlanError(f"job id {job_id} appears twice in {path}")
             seen.add(job_id)
             for key in item:
                 if key not in self.OURS and key != "job_id":
                     ignored[key] = ignored.get(key, 0) + 1
+            where = f"jobs file {path}: job {job_id}"
             if "argv" in item:
-                argv = [str(a) for a in item["argv"]]
+                argv = _words(item["argv"], f"{where}: argv", empty=False)
             elif "script" in item:
-                script = str(item["script"])
+                script = _words([item["script"]], f"{where}: script", empty=False)[0]
                 argv = [self.params.get("python") or "{worker_bin}/python", script]
-                argv += [str(a) for a in item.get("args", [])]
+                argv += _words(item.get("args", []), f"{where}: args", empty=True)
             else:
                 raise PlanError(f"job {job_id} has neither argv nor script")
             outputs = item.get("outputs")
@@ -128,6 +131,8 @@ class ListPlan(Plan):
                     rewritten["outputs"] += 1
             if not outputs:
                 raise PlanError(f"job {job_id} names no output: success is judged by its output file (i3)")
+            _check_outputs(outputs, where)
+            _check_scalars(item, where)
             rng = item.get("range")
             jobs.append(
                 Job(
@@ -170,6 +175,76 @@ class ListPlan(Plan):
         if job.range and any(o.get("records_from_range") for o in job.outputs):
             return {"records": job.range[1] - job.range[0]}
         return {}
+
+
+# A job id names its folders (<run_dir>/outputs/<id>, {out} on the host): a plain name.
+_JOB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+@=-]{0,199}")
+
+
+def _job_id(item: Dict[str, Any], i: int, path: str) -> str:
+    raw = item.get("id", item.get("job_id"))
+    if raw is None:
+        return f"job{i:04d}"
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not _JOB_ID.fullmatch(str(raw)):
+        raise PlanError(
+            f"jobs file {path}: job {i} has id {json.dumps(raw)[:80]}, expected a name of letters, "
+            "digits and _.:+@=- (it names the job's folders)"
+        )
+    return str(raw)
+
+
+def _words(value: Any, where: str, empty: bool) -> List[str]:
+    """argv / args: a list of strings or numbers (a string would run letter by letter)."""
+    ok = isinstance(value, list) and (empty or value)
+    if ok and all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in value):
+        return [str(a) for a in value]
+    raise PlanError(
+        f"{where} is {json.dumps(value)[:80]}, expected a {'' if empty else 'non-empty '}list of strings"
+    )
+
+
+def _check_outputs(outputs: Any, where: str) -> None:
+    """Each output lies in the job's own folder: the host's runner deletes an output path
+    before the job runs (a stale file must not pass), so /etc/x there would be deleted."""
+    if not isinstance(outputs, list):
+        raise PlanError(f"{where}: outputs is {json.dumps(outputs)[:80]}, expected a list of objects")
+    for out in outputs:
+        target = out.get("path") if isinstance(out, dict) else None
+        parts = target.split("/") if isinstance(target, str) else []
+        if not (parts[:1] == ["{out}"] and len(parts) > 1 and not {"", ".", ".."} & set(parts[1:])):
+            raise PlanError(
+                f"{where}: output {json.dumps(out)[:80]}, expected a path inside the job's folder, "
+                '{"path": "{out}/<file>"}'
+            )
+        if out.get("kind", "exists") not in KINDS:
+            raise PlanError(
+                f"{where}: output kind {json.dumps(out['kind'])}, expected one of {', '.join(KINDS)}"
+            )
+
+
+def _plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_scalars(item: Dict[str, Any], where: str) -> None:
+    timeout = item.get("timeout")
+    if timeout is not None:
+        number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if not number or not math.isfinite(timeout) or timeout <= 0:
+            raise PlanError(f"{where}: timeout {json.dumps(timeout)}, expected seconds > 0")
+    rng = item.get("range")
+    if rng is not None:
+        ints = isinstance(rng, list) and len(rng) == 2 and all(_plain_int(v) for v in rng)
+        if not ints or not 0 <= rng[0] < rng[1]:
+            raise PlanError(
+                f"{where}: range {json.dumps(rng)[:80]}, expected [start, stop] with 0 <= start < stop"
+            )
+    units = item.get("units")
+    if units is not None and (not _plain_int(units) or units < 0):
+        raise PlanError(f"{where}: units {json.dumps(units)[:80]}, expected an integer >= 0")
+    env = item.get("env")
+    if env is not None and not isinstance(env, dict):
+        raise PlanError(f"{where}: env {json.dumps(env)[:80]}, expected an object of NAME: value")
 
 
 def read_seeds(path: str) -> Any:

@@ -200,16 +200,8 @@ def _check_complete(s: Shard) -> None:
             "(run its command again), then merge again"
         )
     for job in s.jobs.values():
-        if job.state != "done":
-            continue
-        for out in job.result.get("outputs") or []:
-            path = os.path.join(s.dir, out["path"])
-            if not os.path.isfile(path):
-                problem = f"{out['path']} is missing"
-            elif out.get("sha256") and file_sha256(path) != out["sha256"]:
-                problem = f"{out['path']} changed since it was validated (sha256)"
-            else:
-                continue
+        problem = job.output_problem(s.dir) if job.state == "done" else ""
+        if problem:
             raise ShardError(
                 f"{s.label}: job {job.id}: {problem}; resume it (its command again), then merge again"
             )

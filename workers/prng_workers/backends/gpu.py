@@ -10,8 +10,11 @@ per family (the SASS figures are in docs/benchmarks.md, from bench/gpu_static.py
 - affine families (java_lcg, minstd, lcg32, pcg32): jump-ahead, one multiply-add per compared
   draw. The skips of a group (<= 24) run side by side in registers, inner to the window loop,
   so each residue is loaded once per group and the loop control is shared; the jump constants
-  of every skip are compile-time `__constant__` operands. java_lcg keeps its 48-bit state in
-  64-bit arithmetic without a mask (bits 16..47 depend only on bits 0..47). No early exit.
+  of every skip are compile-time `__constant__` operands. java_lcg keeps x << 16 in 64 bits
+  (no mask: the output is the high word), minstd/lcg32 reduce mod 2^31-1 with one multiply, a
+  funnel add and a min. No remainder: v mod m == r is a divisibility test by m's odd part's
+  inverse mod 2^32, on a per-residue pair the launcher computes (`residue_keys`), and a miss
+  is counted from the carry of one add (no compare-and-select). No early exit.
 - xorshift32/64, java_random and full-state mt19937 generate each seed's stream ONCE, in
   segments of SEG outputs already reduced mod m, into a per-thread column of a shared-memory
   buffer (no barrier: a thread reads only its own column); every skip compares against the
@@ -83,65 +86,74 @@ typedef unsigned short u16;
 #define MATCH(d, r) ((d) == (r) ? 1u : 0u)
 #endif
 
-/* v mod 2^31-1, up to one extra 2^31-1 (result in [0, 2^31-1]), for v <= (2^31-2)^2 + 2^31-2:
-   two folds in 32 bits */
-__device__ __forceinline__ u32 fold_p31(u64 v) {
-    u32 t = ((u32)v & P31) + (u32)(v >> 31);
-    return (t & P31) + (t >> 31);
-}
-
 #if FAMILY <= 3
-/* Affine state in 32-bit words. java_lcg: h = bits 16..47 (the output itself), l = bits 0..15;
-   x' = a*x + c mod 2^48 in those words: u = a_l*l + c_l, l' = u & 0xFFFF,
-   h' = h*(a mod 2^32) + a_h*l + c_h + (u >> 16) mod 2^32 (a = a_h*2^16 + a_l, the same for c).
-   pcg32: (h, l) = high/low words of the 64-bit state. minstd/lcg32: h = x < 2^31-1, l unused. */
-struct Aff { u32 h, l; };
+/* Affine state, one register (pair) per skip:
+   java_lcg: X = x << 16 mod 2^64, so X's high word is the output (bits 16..47 of x) and
+     x -> a*x + c is X -> a*X + (c << 16) mod 2^64 (the bits above 48 fall off the top);
+   minstd, lcg32: x < 2^31-1 in 32 bits, reduced with (2a)*x + 2c = q*2^32 + 2*rem, where
+     q + rem == a*x + c (mod 2^31-1) and q + rem < 2*(2^31-1): one multiply, one funnel add and
+     a min for the canonical value;
+   pcg32: the 64-bit state. */
+#if FAMILY == 1 || FAMILY == 2
+typedef u32 Aff;
+#else
+typedef u64 Aff;
+#endif
 
 __device__ __forceinline__ Aff aff_init(u64 seed) {
-    Aff s;
 #if FAMILY == 0
-    s.h = (u32)((seed >> 16) & 0xFFFFFFFFull); s.l = (u32)(seed & 0xFFFFu);
+    return seed << 16;
 #elif FAMILY == 1
-    u64 x = seed % P31; s.h = x == 0 ? 1u : (u32)x; s.l = 0;
+    u64 x = seed % P31; return x == 0 ? 1u : (u32)x;
 #elif FAMILY == 2
-    s.h = (u32)((seed & 0xFFFFFFFFull) % P31); s.l = 0;
+    return (u32)((seed & 0xFFFFFFFFull) % P31);
 #else
-    s.h = (u32)(seed >> 32); s.l = (u32)seed;
+    return seed;
 #endif
-    return s;
 }
 
-/* x -> a*x + c with the constants of T^k (a, c: their full 64-bit values, compile-time) */
+/* x -> a*x + c with the constants of T^k (a, c: their values mod M, compile-time) */
 __device__ __forceinline__ Aff aff_step(u64 a, Aff x, u64 c) {
-    Aff y;
 #if FAMILY == 0
-    u32 u = (u32)(a & 0xFFFFu) * x.l + (u32)(c & 0xFFFFu);
-    y.l = u & 0xFFFFu;
-    y.h = x.h * (u32)a + (u32)(a >> 16) * x.l + (u32)(c >> 16) + (u >> 16);
-#elif FAMILY == 1
-    /* minstd never reaches state 0 (c = 0, x != 0 mod p), so the fold is never 2^31-1 itself */
-    y.h = fold_p31((u64)(u32)a * x.h); y.l = 0;
-#elif FAMILY == 2
-    u32 t = fold_p31((u64)(u32)a * x.h + c);
-    y.h = t >= P31 ? t - P31 : t; y.l = 0;
+    return a * x + (c << 16);
+#elif FAMILY == 1 || FAMILY == 2
+    u64 v = (u64)(u32)(2u * (u32)a) * x + 2u * (u32)c;
+    u32 t = (u32)(v >> 32) + ((u32)v >> 1);
+    u32 d = t - P31;
+    return d < t ? d : t;
 #else
-    u64 p = (u64)x.l * (u32)a;
-    u32 cross = x.h * (u32)a + x.l * (u32)(a >> 32);
-    u64 v = p + ((u64)cross << 32) + c;
-    y.h = (u32)(v >> 32); y.l = (u32)v;
+    return a * x + c;
 #endif
-    return y;
 }
 
 __device__ __forceinline__ u32 aff_out(Aff x) {
-#if FAMILY == 3
-    u32 xs = (u32)((((u64)x.h << 32) | x.l) >> 27) ^ (x.h >> 13);  /* bits 27..58 of x ^ (x >> 18) */
-    u32 rot = x.h >> 27;
+#if FAMILY == 0
+    return (u32)(x >> 32);
+#elif FAMILY == 3
+    u32 xs = (u32)(x >> 27) ^ (u32)(x >> 45);  /* bits 27..58 of x ^ (x >> 18) */
+    u32 rot = (u32)(x >> 59);
     return (xs >> rot) | (xs << ((32u - rot) & 31u));
 #else
-    return x.h;
+    return x;
 #endif
 }
+
+/* v mod m != r (a miss) for an output v < 2^32 and r < m, without the remainder: with
+   m = 2^z * o (o odd), v - r (mod 2^32) = j*m for j <= (2^32-1-r)/m exactly when
+   rotr((v - r)*o^-1, z) <= (2^32-1-r)/m (x -> rotr(x*o^-1, z) is a bijection of the 32-bit
+   words that maps j*m to j). The launcher passes each residue as the pair nr = -r*o^-1,
+   nlim = ~((2^32-1-r)/m) (residue_keys), and a miss is the carry of key + nlim, added straight
+   to the count (no compare-and-select). Per draw-test: a multiply-add, a rotate (m even), an
+   add with carry-out and one with carry-in. m = 2^32: key = v ^ r, nlim = 2^32-1. */
+#if MOD_IS_2_32
+#define MISS_KEY(v, nr) ((v) ^ (nr))
+#elif DIV_ROT == 0
+#define MISS_KEY(v, nr) ((v) * (u32)DIV_INV + (nr))
+#else
+#define ROTR_DIV(t) (((t) >> DIV_ROT) | ((t) << (32 - DIV_ROT)))
+#define MISS_KEY(v, nr) ROTR_DIV((v) * (u32)DIV_INV + (nr))
+#endif
+#define MISS(v, nr, nlim) ((int)(u32)(((u64)MISS_KEY(v, nr) + (nlim)) >> 32))
 #endif
 
 #if FAMILY == 7
@@ -221,34 +233,35 @@ extern "C" __global__ void prng_sieve(u64 start, long long n, const u32* __restr
 #pragma unroll
         for (int g = 0; g < N_SKIPS; g += GROUP) {
             Aff x[GROUP];
-            int cnt[GROUP];
+            int miss[GROUP];
 #pragma unroll
             for (int j = 0; j < GROUP; j++)
-                if (g + j < N_SKIPS) { x[j] = aff_step(AF[g + j], x0, CF[g + j]); cnt[j] = 0; }
+                if (g + j < N_SKIPS) { x[j] = aff_step(AF[g + j], x0, CF[g + j]); miss[j] = 0; }
             for (int i = 0; i < K; i++) {
-                u32 ri = r[i];
+                u32 nr = r[2 * i], nlim = r[2 * i + 1];
 #pragma unroll
                 for (int j = 0; j < GROUP; j++)
                     if (g + j < N_SKIPS) {
-                        cnt[j] += MATCH(REDUCE(aff_out(x[j])), ri);
+                        miss[j] += MISS(aff_out(x[j]), nr, nlim);
                         x[j] = aff_step(AS[g + j], x[j], CS[g + j]);
                     }
             }
 #pragma unroll
             for (int j = 0; j < GROUP; j++)
-                if (g + j < N_SKIPS && cnt[j] > bc) { bc = cnt[j]; bs = SKIP_MIN + g + j; }
+                if (g + j < N_SKIPS && K - miss[j] > bc) { bc = K - miss[j]; bs = SKIP_MIN + g + j; }
         }
 #else
         /* many skips: one at a time, constants af|cf|as|cs from global memory */
         for (int j = 0; j < N_SKIPS; j++) {
             u64 a = consts[2 * N_SKIPS + j], c = consts[3 * N_SKIPS + j];
             Aff x = aff_step(consts[j], x0, consts[N_SKIPS + j]);
-            int cnt = 0;
+            int miss = 0;
             for (int i = 0; i < K; i++) {
-                cnt += MATCH(REDUCE(aff_out(x)), r[i]);
+                u32 nr = r[2 * i], nlim = r[2 * i + 1];
+                miss += MISS(aff_out(x), nr, nlim);
                 x = aff_step(a, x, c);
             }
-            if (cnt > bc) { bc = cnt; bs = SKIP_MIN + j; }
+            if (K - miss > bc) { bc = K - miss; bs = SKIP_MIN + j; }
         }
 #endif
 #elif GEN_ONCE
@@ -304,6 +317,7 @@ class KernelBuild:
     options: tuple[str, ...]
     threads: int
     consts: np.ndarray = field(repr=False)  # af|cf|as|cs per skip (affine), read by the runtime-skip path
+    residues: np.ndarray = field(repr=False)  # the kernel's `r` (uint32): residue_keys (affine), else r
     name: str = "prng_sieve"
 
 
@@ -315,6 +329,34 @@ def _affine_consts(job: Any) -> list[tuple[int, ...]]:
     af, cf = zip(*(lcg.jump_int(first + s + 1) for s in skips), strict=True)
     ast, cst = zip(*(lcg.jump_int(s + 1) for s in skips), strict=True)
     return [af, cf, ast, cst]
+
+
+def _div_constants(m: int) -> tuple[int, int]:
+    """(z, o^-1 mod 2^32) for m = 2^z * o, o odd (m < 2^32; (0, 0) for m = 2^32)."""
+    if m >= 1 << 32:
+        return 0, 0
+    z = (m & -m).bit_length() - 1
+    return z, pow(m >> z, -1, 1 << 32)
+
+
+def residue_keys(residues: np.ndarray, m: int) -> np.ndarray:
+    """The affine kernels' residue words, a pair per window position: nr = -r * o^-1 mod 2^32
+    and nlim = ~((2^32-1-r) // m) (see MISS_KEY in the kernel); for m = 2^32, r and 2^32-1.
+    Residues must lie in [0, m): the divisibility test counts v mod m == r only for r < m."""
+    r = np.asarray(residues, dtype=np.int64)
+    if r.size and not 0 <= int(r.min()) <= int(r.max()) < m:
+        raise ValueError(f"residues must lie in [0, {m})")
+    r = r.astype(np.uint64)
+    full = np.uint64(0xFFFFFFFF)
+    out = np.empty(2 * r.size, dtype=np.uint32)
+    if m == 1 << 32:
+        out[0::2], out[1::2] = r, full
+        return out
+    _, inv = _div_constants(m)
+    with np.errstate(over="ignore"):
+        out[0::2] = (np.uint64(0) - r * np.uint64(inv)) & full
+    out[1::2] = ~((full - r) // np.uint64(m)) & full
+    return out
 
 
 def _mt_partial_source(offset: int, k: int, skip_min: int, skip_max: int) -> str:
@@ -368,6 +410,7 @@ def build_kernel(job: Any, *, max_unrolled_skips: int = MAX_UNROLLED_SKIPS) -> K
     limit = reject_limit(m) if family == "java_random" else 0
     pow2 = (m.bit_length() - 1) if family == "java_random" and m & (m - 1) == 0 else -1
     unrolled = n_skips <= max_unrolled_skips
+    div_rot, div_inv = _div_constants(m)
     head = [
         f"#define FAMILY {FAMILY_IDS[family]}",
         f"#define MOD {m}ull",
@@ -384,6 +427,9 @@ def build_kernel(job: Any, *, max_unrolled_skips: int = MAX_UNROLLED_SKIPS) -> K
         f"#define JAVA_LIMIT {limit}ull",
         f"#define JAVA_POW2_SHIFT {pow2}",
         f"#define MT_PARTIAL {int(partial)}",
+        # v mod m == r as a divisibility test (affine families): m = 2^DIV_ROT * odd
+        f"#define DIV_ROT {div_rot}",
+        f"#define DIV_INV {div_inv}u",
     ]
     consts = np.zeros(4 * n_skips, dtype=np.uint64)
     tables = ""
@@ -405,7 +451,8 @@ def build_kernel(job: Any, *, max_unrolled_skips: int = MAX_UNROLLED_SKIPS) -> K
         body = body[:cut] + _mt_partial_source(job.offset, k, job.skip_min, job.skip_max) + "\n" + body[cut:]
     cut = body.index("#if FAMILY <= 3")
     source = "\n".join(head) + "\n" + body[:cut] + tables + body[cut:]
-    return KernelBuild(source, (), threads, consts)
+    words = residue_keys(job.residues, m) if family in AFFINE else job.residues.astype(np.uint32)
+    return KernelBuild(source, (), threads, consts, words)
 
 
 def unavailable_reason() -> str | None:
@@ -456,7 +503,7 @@ class GpuSieve:
         self.build = build_kernel(job)
         self.kernel = cp.RawKernel(self.build.source, self.build.name, options=self.build.options)
         self.kernel.compile()  # i7: compile now, before anything else (torch) is imported
-        self.r = cp.asarray(job.residues.astype(np.uint32))
+        self.r = cp.asarray(self.build.residues)
         self.consts = cp.asarray(self.build.consts)
         self.cap = survivor_capacity(job, self.chunk)
         self.compute = cp.cuda.Stream(non_blocking=True)

@@ -88,6 +88,31 @@ def _skips(cols: dict[str, np.ndarray], count: int, path: str) -> np.ndarray:
     return skip.astype(np.int64)
 
 
+def _offset(cols: dict[str, np.ndarray], n_train: int, path: str) -> int:
+    """The sieve's `offset` the survivors were found at (0 without it). Step 1 reads the
+    history from index `offset` on, after `offset` generator calls (docs/sieve.md); Step 3
+    does the same: train draws [offset:] against draws offset + (i+1)(skip+1), so a seed
+    found at offset o > 0 and skip s > 0 scores on the draws it was found on."""
+    if "offset" not in cols:
+        return 0
+    off = np.asarray(cols["offset"])
+    if off.dtype.kind not in "iu" or (off.size and int(off.min()) < 0):
+        raise InputError(f"survivors {path}: offset holds {off[:1].tolist()}, expected an integer >= 0")
+    values = np.unique(off)
+    if values.size > 1:
+        raise InputError(
+            f"survivors {path}: records have offsets {values[:3].tolist()}, "
+            "expected one offset for the whole file (one Step 1 run)"
+        )
+    o = int(values[0]) if values.size else 0
+    if o >= n_train:
+        raise InputError(
+            f"survivors {path}: offset {o} leaves no train draw (train history has "
+            f"{n_train}), expected the train history to start where Step 1's history starts"
+        )
+    return o
+
+
 def load_survivors(path: str, start: int | None, stop: int | None) -> dict[str, np.ndarray]:
     """Rows [start, stop) of a survivors file, with the NPZ sidecar's job parameters added
     as columns (in JSON they are fields of every record already). An empty or out-of-range
@@ -145,9 +170,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_family(cols, args.family, args.survivors)
     _check_mod(cols, args.mod, args.survivors)
     skips = _skips(cols, int(seeds.size), args.survivors)
+    offset = _offset(cols, int(train.size), args.survivors)
+    train = train[offset:]  # the draws before the sieve's offset are not the seed's stream
     n_draws = int(train.size + holdout.size)
     bsz = engine.batch_size(backend, n_draws, args.memory_budget_mb, args.batch_seeds)
-    scores = engine.score_chunk(family, seeds, skips, train, holdout, args.mod, backend, bsz)
+    scores = engine.score_chunk(family, seeds, skips, train, holdout, args.mod, backend, bsz, offset)
     vis = engine.visible_devices()
     host = socket.gethostname()
     gpu = "none" if backend.device == "cpu" else f"{backend.device} {backend.device_name} (visible {vis})"
@@ -162,7 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seeds_per_s": round(seeds.size / seconds, 2) if seconds > 0 else None,
         "backend": backend.name, "device": backend.device, "device_name": backend.device_name,
         "visible_devices": vis, "peak_rss_mb": round(peak_rss_mb(), 1), "batch_seeds": bsz,
-        "n_train": int(train.size), "n_holdout": int(holdout.size), "family": args.family,
+        "n_train": int(train.size), "n_holdout": int(holdout.size), "offset": offset, "family": args.family,
         "m": args.mod, "job_id": args.job_id, "host": host, "out": str(out),
     }
 

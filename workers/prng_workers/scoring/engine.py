@@ -79,11 +79,13 @@ class TorchBackend:
 
         return self.score_draws(torch.from_numpy(draws).to(self.dev), n)
 
-    def device_draws(self, family: Any, seeds: np.ndarray, skips: np.ndarray, count: int, m: int) -> Any:
+    def device_draws(
+        self, family: Any, seeds: np.ndarray, skips: np.ndarray, count: int, m: int, offset: int = 0
+    ) -> Any:
         """A sub-batch's draws made on the device by torch ops (`torch_draws`), int16 for m <= 2^15."""
         from prng_workers.scoring import torch_draws
 
-        return torch_draws.draws(family.name, seeds, count, m, skips, 0, self.dev)
+        return torch_draws.draws(family.name, seeds, count, m, skips, offset, self.dev)
 
     def score_draws(self, t: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
         f = self.tb.train_features(t[:, :n], self.train)
@@ -156,9 +158,20 @@ class ChunkScores:
     batch_seeds: int
 
 
-def score_chunk(family: Any, seeds: np.ndarray, skips: np.ndarray, train: np.ndarray,
-                holdout: np.ndarray, m: int, backend: Backend, batch_seeds: int) -> ChunkScores:
-    """Features of every seed of a chunk, B seeds at a time."""
+def score_chunk(
+    family: Any,
+    seeds: np.ndarray,
+    skips: np.ndarray,
+    train: np.ndarray,
+    holdout: np.ndarray,
+    m: int,
+    backend: Backend,
+    batch_seeds: int,
+    offset: int = 0,
+) -> ChunkScores:
+    """Features of every seed of a chunk, B seeds at a time. `offset`: the generator calls
+    consumed before train draw 0 (the sieve's offset; the caller drops the history draws
+    before it), so draw i is call offset + (i+1)(skip+1), as in Step 1."""
     n, nh = int(train.size), int(holdout.size)
     htrain = features.prepare_history(train, m)
     hhold = features.prepare_history(holdout, m)
@@ -170,11 +183,11 @@ def score_chunk(family: Any, seeds: np.ndarray, skips: np.ndarray, train: np.nda
     for lo in range(0, count, batch_seeds):
         hi = min(count, lo + batch_seeds)
         if on_device is not None:
-            t = on_device(family, seeds[lo:hi], skips[lo:hi], n + nh, m)
+            t = on_device(family, seeds[lo:hi], skips[lo:hi], n + nh, m, offset)
             out_f[lo:hi], out_h[lo:hi] = backend.score_draws(t, n)
             del t
             continue
-        draws = family.draws(seeds[lo:hi], n + nh, m, skip=skips[lo:hi])
+        draws = family.draws(seeds[lo:hi], n + nh, m, skip=skips[lo:hi], offset=offset)
         out_f[lo:hi], out_h[lo:hi] = backend.score(draws, n)
         del draws
     return ChunkScores(out_f, out_h, batch_seeds)

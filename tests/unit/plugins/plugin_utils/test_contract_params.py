@@ -139,3 +139,112 @@ def test_i30_identity_names_what_changed() -> None:
     assert "input survivors changed (sha256 aaaaaaaaaaaa -> bbbbbbbbbbbb)" in changes
     assert "worker code_sha256 cccccccccccc -> dddddddddddd" in changes
     assert contract.identity_changes(old, old) == []
+
+
+# -- found by trying it as an operator would (issue 9, second pass) ------------------------
+SIEVE = {
+    "history": str(DEMO / "history.json"),
+    "family": "java_lcg",
+    "window": "32",
+    "chunk_size": "100",
+    "seed_start": "0",
+    "seed_stop": "1000",
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        # `-e threshold=` used to mean "the contract's default" (0.01), not the playbook's (0.03)
+        ("threshold", "", "threshold: expected a number, got an empty value"),
+        # and `-e direction=` ran a forward sieve where the playbook's default is bidirectional
+        (
+            "direction",
+            " ",
+            "direction: expected one of forward, bidirectional, reversed_window, got an empty value",
+        ),
+        ("offset", "", "offset: expected an integer, got an empty value"),
+        # float(2**64 - 1) == 2**64: a seed of 2**64 passed the float bound; the message named seed_stop
+        ("seed_start", str(2**64), f"seed_start: expected a value <= {2**64 - 1}, got {2**64}"),
+        (
+            "shard",
+            "\u00b2/3",
+            "shard: expected K/N with 1 <= K <= N (shard K of N, e.g. 1/2), got '\u00b2/3'",
+        ),
+    ],
+)
+def test_odd_sieve_values_are_refused_naming_the_parameter(key: str, value: str, message: str) -> None:
+    with pytest.raises(ContractError) as err:
+        contract.check_params("sieve", dict(SIEVE, **{key: value}))
+    assert str(err.value) == message
+
+
+def test_a_folder_or_unreadable_file_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ContractError) as err:
+        contract.check_params("score", dict(SCORE, survivors=str(tmp_path)))
+    assert str(err.value) == f"survivors: {tmp_path} is a folder, expected a file"  # not "file not found"
+
+
+def test_run_dir_that_is_a_file_is_refused_before_any_host(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("an operator's file\n")
+    assert contract.check_run_dir(str(tmp_path / "new" / "run")) == str(tmp_path / "new" / "run")
+    with pytest.raises(ContractError, match=rf"^run_dir: {afile} is a file, expected a folder"):
+        contract.check_run_dir(str(afile))
+    with pytest.raises(ContractError, match=rf"^run_dir: {afile}/x lies under {afile}, which is a file"):
+        contract.check_run_dir(str(afile / "x"))
+    assert afile.read_text() == "an operator's file\n"
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "message"),
+    [
+        # NaN compares false both ways: it passed the range, then sizing died in int(nan)
+        ({"memory_margin_pct": "nan"}, "host h: memory_margin_pct: expected a value in [0, 95], got nan"),
+        (
+            {"start_stagger_seconds": "nan"},
+            "host h: start_stagger_seconds: expected a value in [0, 600], got nan",
+        ),
+        # Ansible's validator takes a boolean for an int: `gpu_count: yes` ran with 1 GPU
+        ({"gpu_count": True}, "host h: gpu_count: expected int, got True"),
+        ({"max_concurrent_jobs": False}, "host h: max_concurrent_jobs: expected int, got False"),
+        ({"worker_device": "gpu0"}, "host h: worker_device: expected auto, cpu, cuda or cuda:N, got 'gpu0'"),
+        ({"gpu_exclude": [-1]}, "host h: gpu_exclude: expected GPU indexes in [0, 63], got -1"),
+    ],
+)
+def test_odd_host_variables_are_refused(hostvars: dict, message: str) -> None:
+    with pytest.raises(ContractError) as err:
+        contract.check_host("h", hostvars)
+    assert str(err.value) == message
+    assert contract.check_host("h", {"worker_device": "cuda:1"})["worker_device"] == "cuda:1"
+
+
+def test_settings_given_as_a_string_say_what_was_found() -> None:
+    with pytest.raises(ContractError) as err:
+        contract.check_settings(type("_Tagged", (str,), {})("abc"), Settings)  # Ansible's str subclass
+    assert str(err.value) == "settings: expected a mapping (e.g. {\"max_attempts\": 5}), got 'abc'"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "not a readable JSON file"),
+        (
+            '{"models": {}}',
+            'no models, expected {"models": {<backend>: {"base_mb": N, "bytes_per_seed_draw": N}}}',
+        ),
+        ('{"models": {"numpy": {"base_mb": "x", "bytes_per_seed_draw": 0}}}', "models.numpy.base_mb is 'x'"),
+    ],
+)
+def test_a_bad_memory_model_is_refused_before_the_preflight(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    """It was read only when sizing the slots, after the hosts were preloaded: a raw
+    `Expecting value: line 1 column 1 (char 0)` with no file named."""
+    model = tmp_path / "memory_model.json"
+    model.write_text(content)
+    params = contract.check_params("score", dict(SCORE, memory_model=str(model)))
+    with pytest.raises(ContractError) as err:
+        contract.check_inputs("score", params)
+    assert str(err.value).startswith(f"memory_model {model}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
