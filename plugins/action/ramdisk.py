@@ -267,7 +267,7 @@ class Receiver:
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    TRANSFERS_FILES = False  # no remote temp folder: the session (or put_file) writes into the step
     _VALID_ARGS = frozenset(
         (
             "state",
@@ -486,5 +486,6 @@ class ActionModule(ActionBase):
         conn = self._connection
         if self._play_context.become or conn.transport not in ("ssh", "local"):
             return None
-        remote = [self._remote_python(task_vars, result), "-c", RECEIVE_BOOT, rd.RECEIVE_TAG]
+        # -S: the receiver needs only the standard library and the source it is sent (a faster start)
+        remote = [self._remote_python(task_vars, result), "-S", "-c", RECEIVE_BOOT, rd.RECEIVE_TAG]
         return session_command(conn, remote)

@@ -67,7 +67,7 @@ def stream(root: Path, srcs: dict[str, Path], manifest: list[dict] | None = None
     }
     params = ArgumentSpecValidator(mod.ARGUMENT_SPEC).validate(args).validated_parameters
     sizes = {m["name"]: m["size"] for m in manifest}
-    argv = [sys.executable, "-I", "-c", action.RECEIVE_BOOT, rd.RECEIVE_TAG]
+    argv = [sys.executable, "-I", "-S", "-c", action.RECEIVE_BOOT, rd.RECEIVE_TAG]
     cwd = os.getcwd()
     os.chdir("/")
     try:
