@@ -301,6 +301,8 @@ class ActionModule(ActionBase):
                     found = self._find_needle("files", src)
                 except AnsibleError:
                     found = src
+            if os.path.isdir(found):
+                raise AnsibleError(f"source {src} is a folder on the controller, expected a file")
             if not os.path.isfile(found):
                 raise AnsibleError(f"source file not found on the controller: {src}")
             paths.append(os.path.abspath(found))

@@ -191,6 +191,19 @@ CASES = [
         "shard_dirs",
         playbook="playbooks/merge_shards.yml",
     ),
+    Case("job timeout under a second", {"step3_job_timeout": 0.001}, "timeout"),
+    Case(
+        "pipeline run folder is a file",
+        {"run_dir": "{tmp}/keep.txt"},
+        "run_dir: {tmp}/keep.txt",
+        playbook="playbooks/pipeline.yml",
+    ),
+    Case(
+        "ramdisk source is a folder",
+        {"ramdisk_step": "step3", "ramdisk_files": ["{tmp}"]},
+        "source {tmp} is a folder",
+        playbook="playbooks/ramdisk_preload.yml",
+    ),
     Case(
         "ramdisk clear of a disk folder",
         {"ramdisk_root": "{tmp}"},
@@ -205,6 +218,8 @@ def fill(value: Any, tmp: Path) -> Any:
         return value.replace("{tmp}", str(tmp))
     if isinstance(value, dict):
         return {k: fill(v, tmp) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, tmp) for v in value]
     return value
 
 

@@ -221,6 +221,11 @@ def test_i12_interrupted_copy_leaves_no_sentinel(
     assert (
         status.startswith("FAILED") and f"source file not found on the controller: {missing}" in result["msg"]
     )
+    folder = srcs["survivors.npz"].parent
+    status, result = adhoc(c, "node1", f"state=preload step=step3 files={folder}")["node1"]
+    assert status.startswith("FAILED") and result["msg"] == (
+        f"ramdisk preload: source {folder} is a folder on the controller, expected a file"
+    )
     assert files_on(c, "node1", "step3") == before
 
 

@@ -32,8 +32,22 @@ def test_predict_peak_mb_formula_and_errors() -> None:
 
 def test_measures_real_worker_runs_and_writes_model(tmp_path: Path, capsys) -> None:
     out = tmp_path / "mm.json"
-    rc = memory_model.main(["--chunk-sizes", "20,120", "--train-lengths", "300", "--backends", "numpy",
-                            "--out", str(out)])
+    rc = memory_model.main(
+        [
+            "--chunk-sizes",
+            "20,120",
+            "--train-lengths",
+            "300",
+            "--backends",
+            "numpy",
+            "--sieve-chunk-sizes",
+            "1000",
+            "--sieve-backends",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     doc = memory_model.load_model(out)
     assert doc["version"] == 1 and set(doc["models"]) == {"numpy"}
@@ -47,11 +61,78 @@ def test_measures_real_worker_runs_and_writes_model(tmp_path: Path, capsys) -> N
         pred = memory_model.predict_peak_mb(doc, "numpy", m["chunk"], m["n_draws"])
         assert pred >= m["peak_rss_mb"]
     assert "prng-memory-model" in doc["meta"]["command"]
+    assert doc["sieve"]["backends"]["numpy"]["chunks"] == [1000]  # both parts by default
+
+
+def test_sieve_part_measured_by_real_prng_sieve_runs_the_step3_model_kept(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mm.json"
+    step3 = {
+        "version": 1,
+        "formula": "f",
+        "models": {"numpy": {"base_mb": 86.14, "bytes_per_seed_draw": 0.2373}},
+        "measurements": [{"backend": "numpy", "chunk": 250}],
+        "meta": {"host": "elsewhere"},
+    }
+    out.write_text(json.dumps(step3))
+    rc = memory_model.main(
+        [
+            "--only",
+            "sieve",
+            "--sieve-chunk-sizes",
+            "2000,30000",
+            "--sieve-backends",
+            "cpu,numpy,gpu",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    doc = memory_model.load_model(out)
+    assert {k: doc[k] for k in step3} == step3  # the Step 3 part: not re-measured, unchanged
+    sieve = doc["sieve"]
+    ms = sieve["measurements"]
+    assert {(m["backend"], m["chunk"]) for m in ms if m["backend"] != "gpu"} == {
+        (b, c) for b in ("cpu", "numpy") for c in (2000, 30000)
+    }
+    for m in ms:
+        assert 20 < m["peak_rss_mb"] < 4000 and m["resolved"] == m["backend"]  # the kernel's rusage
+    for backend in ("cpu", "numpy"):
+        fig = sieve["backends"][backend]
+        peak = max(m["peak_rss_mb"] for m in ms if m["backend"] == backend)
+        assert fig["base_mb"] == fig["max_peak_mb"] == peak and fig["chunks"] == [2000, 30000]
+        assert memory_model.sieve_peak_mb(doc, backend) == peak
+    # gpu: measured where there is one, else skipped with the reason
+    assert ("gpu" in sieve["backends"]) != sieve["skipped"].get("gpu", "").startswith("--backend gpu:")
+    assert memory_model.sieve_peak_mb(doc, "auto") is None and memory_model.sieve_peak_mb(None, "cpu") is None
+    assert sieve["meta"]["window"] == 64 and "--only sieve" in sieve["meta"]["command"]
+    # and the other way round: --only score keeps the sieve section as it was
+    rc = memory_model.main(
+        [
+            "--only",
+            "score",
+            "--chunk-sizes",
+            "20",
+            "--train-lengths",
+            "300",
+            "--backends",
+            "numpy",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    again = memory_model.load_model(out)
+    assert again["sieve"] == sieve and again["models"]["numpy"]["points"] == 1
 
 
 def test_bad_grid_is_input_error(tmp_path: Path, capsys) -> None:
     rc = memory_model.main(["--chunk-sizes", "a,b", "--out", str(tmp_path / "x.json")])
     assert rc == 2 and capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "x.json").exists()
+    rc = memory_model.main(
+        ["--only", "sieve", "--sieve-backends", "torch", "--out", str(tmp_path / "x.json")]
+    )
+    assert rc == 2 and "--sieve-backends: unknown backend 'torch'" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
     (tmp_path / "bad.json").write_text(json.dumps({"version": 9}))
     with pytest.raises(InputError):

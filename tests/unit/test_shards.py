@@ -231,6 +231,8 @@ def test_merge_refuses_a_folder_that_is_not_a_shard(tmp_path: Path) -> None:
     (a / "run.json").write_text(json.dumps(header))
     assert "is not a shard (started without shard=K/N)" in refused(a)
     assert refused(tmp_path / "nowhere") == f"shard folder {tmp_path / 'nowhere'}: not found"
+    (tmp_path / "a-file").write_text("")
+    assert refused(tmp_path / "a-file") == f"shard folder {tmp_path / 'a-file'}: is a file, expected a folder"
 
 
 def script(*args: str) -> subprocess.CompletedProcess[str]:

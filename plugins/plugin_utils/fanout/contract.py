@@ -145,7 +145,7 @@ def _fmt(x: float) -> str:
 
 # An int, not a float: float(2**64 - 1) == 2**64, so a seed of 2**64 would pass a float bound.
 SEED_SPACE = 2**64 - 1
-TIMEOUT = Param("float", default=3600.0, above=0)
+TIMEOUT = Param("float", default=3600.0, low=1)  # seconds; under one no worker even starts
 # Part of the identity: a resume with another shard is refused, the difference named.
 SHARD = Param("shard", identity=True)
 

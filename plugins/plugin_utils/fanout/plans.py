@@ -230,8 +230,8 @@ def _check_scalars(item: Dict[str, Any], where: str) -> None:
     timeout = item.get("timeout")
     if timeout is not None:
         number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-        if not number or not math.isfinite(timeout) or timeout <= 0:
-            raise PlanError(f"{where}: timeout {json.dumps(timeout)}, expected seconds > 0")
+        if not number or not math.isfinite(timeout) or timeout < 1:
+            raise PlanError(f"{where}: timeout {json.dumps(timeout)}, expected seconds >= 1")
     rng = item.get("range")
     if rng is not None:
         ints = isinstance(rng, list) and len(rng) == 2 and all(_plain_int(v) for v in rng)

@@ -94,7 +94,8 @@ def load(folder: str) -> Shard:
     """A shard's run folder, refused when it is no shard or still running."""
     folder = os.path.abspath(os.path.expanduser(str(folder)))
     if not os.path.isdir(folder):
-        raise ShardError(f"shard folder {folder}: not found")
+        found = "is a file, expected a folder" if os.path.exists(folder) else "not found"
+        raise ShardError(f"shard folder {folder}: {found}")
     journal = Journal(folder)
     if not journal.exists():
         raise ShardError(f"shard folder {folder}: holds no fan-out run (no run.json)")

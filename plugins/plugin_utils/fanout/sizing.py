@@ -25,21 +25,54 @@ def load_memory_model(path: str | None) -> Dict[str, Any] | None:
         return json.load(fh)
 
 
-def host_memory_model(path: str | None, host: HostSpec) -> tuple[Dict[str, Any] | None, str]:
-    """The memory model for `host`: measured on that host (`memory_models/<host>.json` next to
-    the controller's model, written by playbooks/measure_memory.yml), else on a host of its
-    gpu_type (`memory_models/gpu_type-<type>.json`), else the controller's CPU measurement,
-    the fallback; the second value says which, for the plan."""
+def default_memory_model() -> str:
+    """The collection's data/memory_model.json (next to data/throughput.json): what a plan
+    without a `memory_model` parameter (Step 1's sieve) is sized with; PRNG_MEMORY_MODEL
+    overrides."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.environ.get("PRNG_MEMORY_MODEL") or os.path.normpath(
+        os.path.join(here, "..", "..", "..", "data", "memory_model.json")
+    )
+
+
+def memory_models(path: str | None, host: HostSpec) -> List[tuple[Dict[str, Any], str]]:
+    """The models that apply to `host`, best first, each with what it is: measured on that
+    host (`memory_models/<host>.json` next to the controller's model, written by
+    playbooks/measure_memory.yml), on a host of its gpu_type (`memory_models/gpu_type-<type>.json`),
+    the controller's measurement (the fallback)."""
     folder = os.path.join(os.path.dirname(path), "memory_models") if path else ""
+    found = []
     for name, source in (
         (f"{host.name}.json", "measured on this host"),
         (f"gpu_type-{host.gpu_type}.json", f"measured on a {host.gpu_type} host"),
     ):
         model = load_memory_model(os.path.join(folder, name)) if folder else None
         if model:
-            return model, source
+            found.append((model, source))
     model = load_memory_model(path)
-    return model, ("the controller's measurement (fallback)" if model else "no memory model")
+    if model:
+        found.append((model, "the controller's measurement (fallback)"))
+    return found
+
+
+def host_memory_model(path: str | None, host: HostSpec) -> tuple[Dict[str, Any] | None, str]:
+    """The memory model for `host` (the first of memory_models) and which it is, for the plan."""
+    found = memory_models(path, host)
+    return found[0] if found else (None, "no memory model")
+
+
+def sieve_worker_mb(path: str | None, host: HostSpec) -> tuple[float, str]:
+    """Peak MiB of one `prng-sieve` worker on `host`'s backend (the sieve plan's names: cpu,
+    numpy, gpu, auto) from the first model that measured that backend (the host's, its
+    gpu_type's, the controller's: prng-memory-model's `sieve` section; flat in the chunk);
+    0.0 and "no memory model ..." when none did, as before the sieve was measured."""
+    from prng_workers.scoring.memory_model import sieve_peak_mb
+
+    for model, source in memory_models(path, host):
+        mb = sieve_peak_mb(model, host.backend)
+        if mb:
+            return mb, f"{source}, sieve backend {host.backend}"
+    return 0.0, f"no memory model with a sieve figure for backend {host.backend}"
 
 
 def predict_peak_mb(model: Dict[str, Any] | None, backend: str, chunk_size: int, n_draws: int) -> float:
@@ -217,6 +250,16 @@ def size_hosts(plan: Plan, params: Dict[str, Any], hosts: List[HostSpec]) -> str
     """Chunk size and each host's slots from the measured memory model (each host's own
     when there is one: playbooks/measure_memory.yml) and the host's real limit; sets
     params chunk_size and worker_mb. Returns a note when the chunk had to shrink."""
+    if plan.kind == "sieve":  # flat per backend: the slots, never the chunk
+        path = params.get("memory_model") or default_memory_model()
+        sieve_mb: Dict[str, Any] = {}
+        for host in hosts:
+            mb, source = sieve_worker_mb(path, host)
+            sieve_mb[host.name] = round(mb, 1) if mb else None
+            slots_for(host, mb)
+            host.slot_reason += f" memory model: {source}"
+        params["worker_mb"] = sieve_mb
+        return ""
     if plan.kind != "score":
         for host in hosts:
             slots_for(host, 0.0)

@@ -12,11 +12,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "collections"))
 
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.planner import HostSpec, PlanError
-from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import ListPlan
+from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.plans import ListPlan, SievePlan
 from ansible_collections.prng.cluster.plugins.plugin_utils.fanout.sizing import (
+    default_memory_model,
     load_throughput,
     plan_preview,
     remember_throughput,
+    size_hosts,
     slots_for,
     stored_rate,
 )
@@ -129,3 +131,81 @@ def test_plan_preview_eta_slots_and_memory(tmp_path: Path) -> None:
     assert "memory_fit=8" in got["hosts"]["a"]["slot_reason"]
     got = plan_preview(plan, {}, [a, b], {}, {"version": 1, "rates": {}})
     assert got["eta_s"] is None and got["eta"] == "unknown: no stored throughput for a, b"
+
+
+def sieve_model(path: Path, figures: dict) -> None:
+    """A model file as prng-memory-model writes it: the Step 3 part and the `sieve` section."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "models": {"numpy": {"base_mb": 86.0, "bytes_per_seed_draw": 0.2}},
+                "measurements": [],
+                "sieve": {"backends": {b: {"base_mb": mb, "chunks": [100000]} for b, mb in figures.items()}},
+            }
+        )
+    )
+
+
+def test_sieve_slots_are_limited_by_the_hosts_sieve_figure_and_the_preview_shows_it(tmp_path: Path) -> None:
+    controller = tmp_path / "data" / "memory_model.json"
+    sieve_model(controller, {"cpu": 150.0, "gpu": 900.0})
+    sieve_model(tmp_path / "data" / "memory_models" / "g.json", {"gpu": 300.0})  # measured on g itself
+    plan = SievePlan(
+        {
+            "history": str(tmp_path / "h.json"),
+            "family": "java_lcg",
+            "seed_start": 0,
+            "seed_stop": 1000,
+            "chunk_size": 100,
+            "window": 8,
+        }
+    )
+    c = HostSpec("c", max_concurrent_jobs=8, memory_available_mb=1000, backend="cpu")
+    g = HostSpec(
+        "g", gpu_type="cuda", gpu_count=4, max_concurrent_jobs=4, memory_available_mb=1000, backend="torch"
+    )
+    n = HostSpec("n", max_concurrent_jobs=3, memory_available_mb=1000, backend="numpy")
+    hosts = [c, g, n]
+    for h in hosts:
+        plan.adapt_host(h)  # torch -> the sieve's gpu
+    params = dict(plan.params, memory_model=str(controller))
+    assert size_hosts(plan, params, hosts) == ""
+    assert params["chunk_size"] == 100  # flat in the chunk: never shrunk
+    # 800 MiB usable (20 % margin): 5 cpu workers of 150, 2 gpu workers of 300 (g's own model)
+    assert (c.slots, g.slots, n.slots) == (5, 2, 3)
+    assert "memory_fit=5" in c.slot_reason
+    assert c.slot_reason.endswith("memory model: the controller's measurement (fallback), sieve backend cpu")
+    assert g.slot_reason.endswith("memory model: measured on this host, sieve backend gpu")
+    assert "memory_fit" not in n.slot_reason
+    assert n.slot_reason.endswith("no memory model with a sieve figure for backend numpy")
+    got = plan_preview(plan, params, hosts, {}, {"version": 1, "rates": {}})
+    assert got["jobs"] == 10 and got["chunk_size"] == 100
+    assert got["hosts"]["c"]["predicted_worker_mb"] == 150.0
+    assert got["hosts"]["c"]["memory_limit"] == "5 x 150.0 MiB = 750.0 of 800.0 MiB usable"
+    assert got["hosts"]["g"]["memory_limit"] == "2 x 300.0 MiB = 600.0 of 800.0 MiB usable"
+    assert "measured on this host" in got["hosts"]["g"]["slot_reason"]
+    assert got["hosts"]["n"]["predicted_worker_mb"] is None
+    assert got["hosts"]["n"]["memory_limit"] == "no memory model for this plan"
+
+
+def test_a_sieve_plan_without_memory_model_uses_the_collections_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Step 1 passes no memory_model: data/memory_model.json next to the throughput file
+    model = tmp_path / "memory_model.json"
+    sieve_model(model, {"numpy": 400.0})
+    monkeypatch.setenv("PRNG_MEMORY_MODEL", str(model))
+    plan = SievePlan(
+        {"history": "h.json", "family": "java_lcg", "seed_start": 0, "seed_stop": 10, "chunk_size": 5}
+    )
+    h = HostSpec("h", max_concurrent_jobs=4, memory_available_mb=1000)
+    size_hosts(plan, dict(plan.params), [h])
+    assert h.slots == 2 and "sieve backend numpy" in h.slot_reason
+    # without the override: the collection's own model, which carries the measured sieve figures
+    monkeypatch.delenv("PRNG_MEMORY_MODEL")
+    repo_model = Path(__file__).resolve().parents[4] / "data" / "memory_model.json"
+    assert Path(default_memory_model()).resolve() == repo_model
+    figures = json.loads(repo_model.read_text())["sieve"]["backends"]
+    assert figures["cpu"]["base_mb"] > 0 and figures["numpy"]["base_mb"] > 0
