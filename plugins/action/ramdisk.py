@@ -246,8 +246,9 @@ class Receiver:
         _out, err = self.proc.communicate()
         if self.proc.returncode == 0:
             return ""
-        lines = err.decode(errors="replace").strip().splitlines()
-        return (lines[-1:] or [self.error or f"exit {self.proc.returncode}"])[0]
+        lines = [line.strip() for line in err.decode(errors="replace").splitlines() if line.strip()]
+        said = " ... ".join(dict.fromkeys(lines[:1] + lines[-1:]))  # e.g. the shell's, then Python's
+        return f"exit {self.proc.returncode}: {said or self.error or 'no message'}"
 
     @property
     def unreachable(self) -> bool:

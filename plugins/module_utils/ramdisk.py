@@ -1089,31 +1089,32 @@ def receive_and_commit(req, stream):
 
 def receive_session(req, stream, out):
     # type: (dict, object, object) -> dict
-    """One preload session on the host. With ``req["prepare"]`` (the module's validated
-    parameters, + check_mode, diff) it runs the prepare phase first and writes its answer
-    to ``out`` as one JSON line, with the staged name of each needed file; when something
-    is needed, the files follow in that order. Without it ``req`` names the files itself
-    (the prepare ran as a module call). Returns the commit's result, or the prepare's when
-    nothing is to be received."""
-    if "prepare" in req:
-        p = dict(req["prepare"])
-        check_mode, diff = bool(p.pop("check_mode", False)), bool(p.pop("diff", False))
-        prep = preload_prepare(p, check_mode, diff)
-        if prep.get("busy") or prep["complete"] or check_mode:
-            return prep
-        prep["staged"] = dict((n, staged_path(prep["step_path"], n)) for n in prep["needed"])
-        out.write(json.dumps(prep) + "\n")
-        out.flush()
-        req = {
+    """One preload session on the host: the prepare phase for ``req["prepare"]`` (the
+    module's validated parameters, + check_mode, diff); when something is to be sent, its
+    answer goes to ``out`` as one JSON line with the staged name of each needed file, the
+    files follow on ``stream`` in that order and are committed. Returns the commit's result,
+    or the prepare's when nothing is to be received."""
+    p = dict(req["prepare"])
+    check_mode, diff = bool(p.pop("check_mode", False)), bool(p.pop("diff", False))
+    prep = preload_prepare(p, check_mode, diff)
+    if prep.get("busy") or prep["complete"] or check_mode:
+        return prep
+    prep["staged"] = dict((n, staged_path(prep["step_path"], n)) for n in prep["needed"])
+    out.write(json.dumps(prep) + "\n")
+    out.flush()
+    files = [{"name": n, "staged": prep["staged"][n]} for n in prep["needed"]]
+    return receive_and_commit(
+        {
             "root": p["root"],
             "step": p["step"],
             "manifest": p["_manifest"],
-            "files": [{"name": n, "staged": prep["staged"][n]} for n in prep["needed"]],
+            "files": files,
             "load_id": p["_load_id"],
             "verify": p["verify"],
             "lock_timeout": p["lock_timeout"],
-        }
-    return receive_and_commit(req, stream)
+        },
+        stream,
+    )
 
 
 def receive_main():

@@ -315,14 +315,14 @@ rows:
   sample: ["step3            2         0.0  valid      0.0/64.0 MiB (0.1%)"]
 timing:
   description:
-    - Seconds spent per phase of a preload (controller hashing, host prepare, transfer) and
-      how the files went (C(via)). V(stream) - one session to a receiver on the host that
-      hashes each copy while writing it and commits (ssh and local connections, no become).
-      V(put_file) - the connection's file copy, then a commit call that hashes every copy
-      again (C(commit_s)).
+    - Seconds spent per phase of a preload (controller hashing, host prepare, transfer and
+      commit) and how it ran (C(via)). V(session) - one session per host with a receiver that
+      prepares, hashes each copy while writing it and commits (ssh and local connections, no
+      become). V(module) - this module's prepare phase, the connection's file copy, then its
+      commit phase, which hashes every copy again.
   returned: state=preload
   type: dict
-  sample: {"hash_s": 0.66, "prepare_s": 1.7, "transfer_s": 6.1, "via": "stream"}
+  sample: {"hash_s": 0.66, "prepare_s": 0.2, "transfer_s": 6.1, "via": "session"}
 complete:
   description: Preload found the step already loaded and verified; nothing to do.
   returned: state=preload

@@ -207,3 +207,15 @@ def test_receiver_source_carries_what_it_imports() -> None:
     assert all(m.__name__.startswith("ansible_collections.prng.cluster.plugins.module_utils.") for m in mods)
     source = action.receiver_source().decode()
     assert all(repr(m.__name__) in source for m in mods) and source.endswith(".receive_main()")
+
+
+def test_a_receiver_that_cannot_start_says_why_in_one_line() -> None:
+    """A host whose Python does not run (a shim that is no interpreter: exit 127) gives no
+    answer; the reason names the exit and the first and last lines it wrote (the shell's
+    complaint, a traceback's last line)."""
+    said = "pyenv: python3.13: command not found\\n\\nsee help\\n"
+    fail = f"import sys; sys.stderr.write('{said}'); sys.exit(127)"
+    session = action.Receiver([sys.executable, "-c", fail], ())
+    assert session.request({"prepare": {}}) is None
+    assert session.close() == "exit 127: pyenv: python3.13: command not found ... see help"
+    assert not session.unreachable
