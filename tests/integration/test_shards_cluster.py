@@ -118,10 +118,13 @@ def test_two_shards_on_two_controllers_merge_into_the_single_controller_result(
 
     m = json.loads((base / "fanout_manifest.json").read_text())
     assert m["complete"] and m["jobs"]["completed"] == m["jobs"]["full_plan"] == 20
-    assert [(s["shard"], s["jobs_done"], s["hosts"]) for s in m["shards"]] == [
-        ("1/2", 10, ["a1", "a2"]),
-        ("2/2", 10, ["b1", "b2"]),
-    ]
+    assert [(s["shard"], s["jobs_done"]) for s in m["shards"]] == [("1/2", 10), ("2/2", 10)]
+    # Which of a shard's hosts took its jobs depends on how soon each one started (under load
+    # one may take them all), never a host of the other shard; none was left out.
+    took = {s["shard"]: set(s["hosts"]) for s in m["shards"]}
+    assert took["1/2"] <= {"a1", "a2"} and took["2/2"] <= {"b1", "b2"}, took
+    for d in dirs:
+        assert json.loads((d / "fanout_manifest.json").read_text())["left_out"] == {}, d
     assert sum(h["jobs_done"] for h in m["hosts"].values()) == 20
     assert json.loads((base / "run_manifest.json").read_text())["complete"] is True
 
