@@ -69,29 +69,22 @@ def make_jobs(n: int, seed: int, low: int, high: int) -> list[dict[str, Any]]:
     return jobs
 
 
+def fake_job(job_id: str, seeds: list[int], sleep: float) -> dict[str, Any]:
+    """A jobs-file entry for the fake worker (tests/integration/fanout_job.py): `sleep` s per
+    seed of `seeds` ([start, stop)), one JSON record per seed as its output."""
+    argv = ["{worker_bin}/python", str(JOB), "--out", "{out}/r.json"]
+    argv += ["--start", "{start}", "--stop", "{stop}", "--sleep", str(sleep)]
+    return {
+        "id": job_id,
+        "range": seeds,
+        "timeout": 120,
+        "argv": argv,
+        "outputs": [{"path": "{out}/r.json", "kind": "json_list", "records_from_range": True}],
+    }
+
+
 def jobs_file(jobs: list[dict[str, Any]], path: Path) -> None:
-    spec = [
-        {
-            "id": j["id"],
-            "range": j["range"],
-            "timeout": 120,
-            "argv": [
-                "{worker_bin}/python",
-                str(JOB),
-                "--out",
-                "{out}/r.json",
-                "--start",
-                "{start}",
-                "--stop",
-                "{stop}",
-                "--sleep",
-                str(SLEEP_PER_SEED),
-            ],
-            "outputs": [{"path": "{out}/r.json", "kind": "json_list", "records_from_range": True}],
-        }
-        for j in jobs
-    ]
-    path.write_text(json.dumps({"jobs": spec}))
+    path.write_text(json.dumps({"jobs": [fake_job(j["id"], j["range"], SLEEP_PER_SEED) for j in jobs]}))
 
 
 def run_fanout(c: Cluster, jobs: Path, run_dir: Path, settings: dict[str, Any] | None = None) -> dict:

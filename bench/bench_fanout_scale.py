@@ -40,9 +40,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.bench_fanout import fake_job  # noqa: E402
 from tests.cluster import Cluster, HostSpec  # noqa: E402
-
-JOB = REPO / "tests" / "integration" / "fanout_job.py"
 
 
 def make_jobs(path: Path, n: int, seed: int, low: float, high: float) -> float:
@@ -52,27 +51,7 @@ def make_jobs(path: Path, n: int, seed: int, low: float, high: float) -> float:
     for i in range(n):
         sleep = round(rng.uniform(low, high), 2)
         total += sleep
-        argv = [
-            "{worker_bin}/python",
-            str(JOB),
-            "--out",
-            "{out}/r.json",
-            "--start",
-            "{start}",
-            "--stop",
-            "{stop}",
-            "--sleep",
-            str(sleep),
-        ]
-        jobs.append(
-            {
-                "id": f"j{i:05d}",
-                "argv": argv,
-                "range": [i, i + 1],
-                "timeout": 120,
-                "outputs": [{"path": "{out}/r.json", "kind": "json_list", "records_from_range": True}],
-            }
-        )
+        jobs.append(fake_job(f"j{i:05d}", [i, i + 1], sleep))
     path.write_text(json.dumps({"jobs": jobs}))
     return total
 
