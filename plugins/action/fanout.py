@@ -322,7 +322,7 @@ def _checked_inputs(kind: str, params: Dict[str, Any], ident: Dict[str, Any]) ->
     hashes), parameters, memory model and worker code is kept on the controller. A step
     playbook checks its contract in its first play and again in the fan-out task, a
     resume again: a 1 M-survivor JSON costs ~2 CPU-s each time, its hash 0.1 s."""
-    model = params.get("memory_model") if kind == "score" else None
+    model = params.get("memory_model")  # Step 3's or Step 1's (a list plan has none)
     key = json.dumps(
         [ident, params, file_sha256(model) if model and os.path.isfile(model) else None], sort_keys=True
     )

@@ -68,6 +68,10 @@ class Agent:
     def run(self, msg: Dict[str, Any]) -> None:
         """One dispatch on one slot; its result goes back as soon as it ends."""
         started = time.time()
+        gone = inputs_gone(str(msg.get("inputs") or ""))
+        if gone:  # a host restarted or cleared: never run a job without its inputs (i29)
+            self.send(proto.result(msg["dispatch_id"], "unreachable", error=gone))
+            return
         try:
             remove_inside(self.root, msg.get("remove") or [])
             res = run_batch(msg["jobs"], msg["work_dir"], self.root, **msg["run"])
@@ -106,6 +110,32 @@ class Agent:
                 os.unlink(self.pidfile)
         except OSError:
             pass
+
+
+def inputs_gone(folder: str) -> str:
+    """Why the step's verified ramdisk copy in `folder` is no longer there ('' while it is,
+    or when the batch names none): its manifest (written last by the preload) and every
+    file it lists at its recorded size. A host that restarted (tmpfs emptied) must not run
+    jobs that would fail on missing inputs and stop the whole run as an input error."""
+    if not folder:
+        return ""
+    manifest = os.path.join(folder, ".manifest.json")
+    try:
+        with open(manifest) as fh:
+            records = json.load(fh)["files"]
+        for rec in records:
+            if os.path.getsize(os.path.join(folder, rec["name"])) != int(rec["size"]):
+                raise ValueError(f"{rec['name']} is not the size the manifest records")
+    except FileNotFoundError as exc:
+        why = f"{exc.filename} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = f"{manifest} does not match the folder ({exc})"
+    else:
+        return ""
+    return (
+        f"the step's verified inputs are gone: {why} (ramdisk cleared or host restarted); "
+        "its jobs go to the other hosts; run the step again to preload them here"
+    )[:500]
 
 
 def renew_lease(path: str, every_max: float = 300.0) -> None:

@@ -118,7 +118,9 @@ def check_name(name, what):
     """A step or file name: one plain path component, not hidden, not ours."""
     if not isinstance(name, str) or not name.strip():
         raise RamdiskError(f"refusing: the {what} name is empty")
-    if "/" in name or "\0" in name or name in (".", "..") or name.startswith("."):
+    if any(ord(c) < 32 or c == "\x7f" for c in name):  # a newline would split lines
+        raise RamdiskError(f"refusing: {what} name {name!r} has a control character (newline, tab...)")
+    if "/" in name or name in (".", "..") or name.startswith("."):
         raise RamdiskError(
             f"refusing: {what} name {name!r} must be a plain name (no '/', not starting with '.')"
         )
@@ -227,12 +229,44 @@ def tree_bytes(path):
     return fsutil_tree_bytes(path)
 
 
+def mounts_inside(path):
+    # type: (str) -> list
+    """Mount points at or under the folder ``path``: removing through one would delete
+    files of another filesystem or folder (a bind mount of a disk folder), outside the
+    root. Without /proc/self/mountinfo, the folders on another device than ``path``."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return []
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            points = [_unescape_mount(line.partition(" - ")[0].split()[4]) for line in fh]
+    except (OSError, IndexError):
+        dev = os.lstat(real).st_dev
+        return [d for d, _dirs, _files in os.walk(real) if os.lstat(d).st_dev != dev]
+    return sorted(set(p for p in points if p == real or p.startswith(real.rstrip("/") + "/")))
+
+
+def require_no_mounts(paths, doing):
+    # type: (list, str) -> None
+    """Refuse, before anything is removed, when a folder to remove is or holds a mount point."""
+    for path in paths:
+        found = mounts_inside(path)
+        if found:
+            raise RamdiskError(
+                f"refusing to {doing}: {found[0]} is a mount point inside {path} (another filesystem "
+                "or a bind mount: removing it would delete files outside the ramdisk root); nothing "
+                "removed; unmount it first"
+            )
+
+
 def remove_entry(path, root_real):
     # type: (str, str) -> int
     """Remove one entry directly under the root: a link as a link, a folder with all its
-    contents (dotfiles included). Returns the bytes freed."""
+    contents (dotfiles included), never through a mount point inside it. Returns the bytes
+    freed."""
     if not within(os.path.abspath(path), root_real):
         raise RamdiskError(f"refusing to remove {path}: outside the ramdisk root {root_real}")
+    require_no_mounts([path], f"remove {path}")
     freed = tree_bytes(path)
     if os.path.islink(path) or not os.path.isdir(path):
         os.unlink(path)
@@ -670,6 +704,7 @@ def plan_preload(
             root, root_real, allow_any_root, "remove the other steps ({})".format(", ".join(purge))
         )
         require_unused(root_real, purge, run_id, f"preload {step} (standalone: it removes the other steps)")
+        require_no_mounts([os.path.join(root_real, n) for n in purge], "remove the other steps")
     exp_by_name = dict((e["name"], e) for e in expected)
     same_manifest = current is not None and sorted(
         (r.get("name"), r.get("size"), r.get("sha256")) for r in current.get("files", [])
@@ -1171,6 +1206,7 @@ def plan_clear(root, step=None, allow_any_root=False, remove_foreign=False, run_
         else:
             foreign.append(path)
     require_unused(root_real, [os.path.basename(t) for t in targets], run_id, "clear")
+    require_no_mounts(targets, "clear")
     return {
         "root": root_real,
         "exists": os.path.isdir(root_real),

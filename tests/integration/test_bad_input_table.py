@@ -210,6 +210,19 @@ CASES = [
         "{tmp}",
         playbook="playbooks/ramdisk_clear.yml",
     ),
+    Case(
+        "Step 1 memory model missing",
+        {"memory_model": "{tmp}/none.json"},
+        "memory_model: file not found: {tmp}/none.json",
+        playbook="playbooks/step1.yml",
+    ),
+    Case(
+        "Step 1 memory model not JSON",
+        {"step1_memory_model": "{tmp}/model.json"},
+        "memory_model {tmp}/model.json",
+        write("model.json", ""),
+        playbook="playbooks/step1.yml",
+    ),
 ]
 
 

@@ -137,3 +137,121 @@ def test_run_jobs_refuses_a_relative_script_no_host_has(tmp_path: Path, shm_root
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "run" / "outputs" / "t0" / "t0.json").read_text() == "{}"
+
+
+def test_pipeline_rerun_does_not_redo_finished_steps_2_and_5(tmp_path: Path, shm_root: Path) -> None:
+    """Steps 2 and 5 (run_jobs.yml) get the done-marker of Steps 1 and 3: a failed Step 5 is
+    not marked; the rerun does not load Step 2's files again nor go through its fan-out, and
+    finishes Step 5; a third run redoes nothing. Before, a rerun preloaded Steps 2 and 5's
+    files onto every host again and went through their fan-outs."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("ANSIBLE_CONFIG", None)
+    script, flag = tmp_path / "size.py", tmp_path / "fail-step5"
+    script.write_text(
+        "import json, os, sys\n"
+        "a = sys.argv\n"
+        "if os.path.exists(a[a.index('--fail-if') + 1]):\n"
+        "    sys.exit(3)\n"
+        "size = os.path.getsize(a[a.index('--in') + 1])\n"
+        "json.dump({'bytes': size}, open(a[a.index('--output') + 1], 'w'))\n"
+    )
+
+    def jobs(name: str, reads: str, fail_if: Path) -> str:
+        args = ["--in", reads, "--fail-if", str(fail_if), "--output", f"results/{name}.json"]
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"jobs": [{"job_id": name, "script": "size.py", "args": args}]})
+        )
+        return str(tmp_path / f"{name}.json")
+
+    run_dir = tmp_path / "pipeline"
+    params = {
+        "run_dir": str(run_dir), "ramdisk_root": str(shm_root),
+        "step2_jobs": jobs("s2", "train_history.json", tmp_path / "never"), "step2_inputs": [str(script)],
+        "step5_jobs": jobs("s5", "survivors_with_scores.json", flag), "step5_inputs": [str(script)],
+    }  # fmt: skip
+    argv = [str(BIN / "ansible-playbook"), "playbooks/pipeline.yml", "-e", json.dumps(params)]
+
+    def play() -> str:
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        return f"rc={proc.returncode}\n" + proc.stdout
+
+    def step_play(out: str, name: str) -> str:
+        """The output of the play called `name` (up to the next play)."""
+        return out.split(f"PLAY [{name}]", 1)[1].split("PLAY [", 1)[0]
+
+    def loaded(step: str) -> list[bool]:
+        """Per run: whether a host held <ramdisk_root>/<step> right after the step (the ramdisk
+        is read at each transition before it is cleared, ramdisk/transitions.jsonl)."""
+        lines = (run_dir / "ramdisk" / "transitions.jsonl").read_text().splitlines()
+        found = [r["before"] for r in map(json.loads, lines) if r["transition"] == f"after-{step}"]
+        return [any(step in held for held in before.values()) for before in found]
+
+    flag.write_text("Step 5's job fails while this file exists\n")
+    out = play()
+    assert out.startswith("rc=2"), out[-4000:]
+    s2, s5 = run_dir / "step2", run_dir / "step5"
+    assert json.loads((s2 / "outputs" / "s2" / "s2.json").read_text())["bytes"] > 0
+    assert (s2 / "step.done.json").is_file() and not (s5 / "step.done.json").exists()  # failed: not marked
+    step2_run = [(s2 / n).read_bytes() for n in ("journal.jsonl", "fanout_manifest.json", "step.done.json")]
+    flag.unlink()
+    out = play()
+    assert out.startswith("rc=0"), out[-4000:]
+    for step in ("Step 1", "Step 2", "Step 3"):
+        assert f"{step} already finished" in out, step
+    assert "Step 5 already finished" not in out and (s5 / "step.done.json").is_file()
+    assert json.loads((s5 / "outputs" / "s5" / "s5.json").read_text())["bytes"] > 0
+    # Step 2: no preflight (no preload onto the hosts), no fan-out, nothing of its run touched
+    assert "cluster_host" not in step_play(
+        out, "Jobs preflight on every host (the step's files into the ramdisk)"
+    )
+    assert [
+        (s2 / n).read_bytes() for n in ("journal.jsonl", "fanout_manifest.json", "step.done.json")
+    ] == step2_run
+    step5_run = [(s5 / n).read_bytes() for n in ("journal.jsonl", "fanout_manifest.json", "step.done.json")]
+    out = play()
+    assert out.startswith("rc=0"), out[-4000:]
+    for step in ("Step 1", "Step 2", "Step 3", "Step 5"):
+        assert f"{step} already finished" in out, step
+    assert [
+        (s5 / n).read_bytes() for n in ("journal.jsonl", "fanout_manifest.json", "step.done.json")
+    ] == step5_run
+    assert "fan-out: resuming run" not in out
+    # Step 2 preloaded in the first run only; Step 5 held its files from the failed first run
+    # (a failed step keeps them) to the end of the second, and was not loaded in the third
+    assert loaded("step2") == [True, False, False] and loaded("step5") == [True, False]
+
+
+def test_run_jobs_shards_run_in_their_own_folders_and_merge(tmp_path: Path) -> None:
+    """run_jobs.yml -e shard=K/N runs shard K's jobs in <run_dir>/shard-K-of-N, as Steps 1
+    and 3 (before, the shard was not passed on: every controller ran every job in <run_dir>);
+    merge_shards.yml puts every job's output where one run puts it."""
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("ANSIBLE_CONFIG", None)
+    code = "import sys; open(sys.argv[1], 'w').write(sys.argv[2])"
+    jobs = [
+        {"id": f"t{i}", "argv": ["{worker_bin}/python", "-c", code, "{out}/t.json", f'{{"i": {i}}}'],
+         "outputs": [{"path": "{out}/t.json", "kind": "json"}]}
+        for i in range(3)
+    ]  # fmt: skip
+    (tmp_path / "jobs.json").write_text(json.dumps({"jobs": jobs}))
+    run_dir = tmp_path / "run"
+
+    def play(book: str, **extra: object) -> subprocess.CompletedProcess:
+        argv = [str(BIN / "ansible-playbook"), book, "-e", json.dumps(extra)]
+        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    for shard, part in (("1/2", [0, 1]), ("2/2", [1, 3])):
+        proc = play(
+            "playbooks/run_jobs.yml", jobs_file=str(tmp_path / "jobs.json"), run_dir=str(run_dir), shard=shard
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        folder = run_dir / f"shard-{shard.replace('/', '-of-')}"
+        assert json.loads((folder / "run.json").read_text())["shard"]["jobs"] == part
+    assert not (run_dir / "run.json").exists()
+    assert sorted(p.name for p in (run_dir / "shard-1-of-2" / "outputs").iterdir()) == ["t0"]
+    shard_dirs = [str(run_dir / "shard-1-of-2"), str(run_dir / "shard-2-of-2")]
+    merged = play("playbooks/merge_shards.yml", run_dir=str(run_dir), shard_dirs=shard_dirs)
+    assert merged.returncode == 0, merged.stdout[-3000:]
+    for i in range(3):
+        assert json.loads((run_dir / "outputs" / f"t{i}" / "t.json").read_text()) == {"i": i}
+    assert json.loads((run_dir / "fanout_manifest.json").read_text())["jobs"]["completed"] == 3

@@ -104,7 +104,7 @@ def test_i34_a_corrupt_finished_chunk_is_redone_on_resume(tmp_path: Path) -> Non
     other = outputs[0]
     original = other.read_bytes()
     at = original.index(b'"seed": ') + len(b'"seed": ')
-    flipped = original[:at] + (b"8" if original[at:at + 1] != b"8" else b"9") + original[at + 1 :]
+    flipped = original[:at] + (b"8" if original[at : at + 1] != b"8" else b"9") + original[at + 1 :]
     other.write_bytes(flipped)
     rc, msg, out = step3_local(run_dir)
     assert rc == 0, out[-3000:]
@@ -113,6 +113,29 @@ def test_i34_a_corrupt_finished_chunk_is_redone_on_resume(tmp_path: Path) -> Non
     scored = json.loads((run_dir / "survivors_with_scores.json").read_text())
     survivors = json.loads((DEMO / "survivors.json").read_text())
     assert Counter(r["seed"] for r in scored) == Counter(r["seed"] for r in survivors)
+
+
+def test_step1_takes_another_memory_model_checked_by_the_contract(tmp_path: Path) -> None:
+    """Step 1 names its memory model as Step 3 does (-e memory_model / step1_memory_model);
+    before, it took only the PRNG_MEMORY_MODEL environment variable and ignored the -e."""
+    run_dir = tmp_path / "step1"
+    bad = tmp_path / "model.json"
+    bad.write_text("")
+    for model, said in ((bad, "not a readable JSON file"), (tmp_path / "none.json", "file not found")):
+        rc, msg, out = playbook(
+            "playbooks/step1.yml", {"step1_run_dir": str(run_dir), "memory_model": str(model)}
+        )
+        assert rc == 2 and "\n" not in msg and "memory_model" in msg and str(model) in msg, out[-3000:]
+        assert said in msg and "Step 1 preflight" not in out
+    other = tmp_path / "other" / "memory_model.json"
+    other.parent.mkdir()
+    other.write_text((REPO / "data" / "memory_model.json").read_text())
+    rc, msg, out = playbook(
+        "playbooks/step1.yml", {"step1_run_dir": str(run_dir), "step1_memory_model": str(other)}, "--check"
+    )
+    assert rc == 0, out[-3000:]
+    assert f'\\"memory_model\\": \\"{other}\\"' in out  # the plan names the model it sized with
+    assert not (run_dir / "bidirectional" / "run.json").exists()
 
 
 # -- on the real SSH test cluster ---------------------------------------------------------

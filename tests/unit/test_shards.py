@@ -253,7 +253,11 @@ def test_merge_script_is_idempotent_and_refuses_in_one_line(tmp_path: Path) -> N
     first = script("--run-dir", str(out), str(a), str(b))
     assert first.returncode == 0, first.stderr
     result = json.loads(first.stdout)
-    assert result["jobs"]["completed"] == 5 and result["out"] is None
+    # a jobs file has no aggregate: every job's outputs where one run of the whole file puts them
+    assert result["jobs"]["completed"] == 5 and result["out"] == str(out / "outputs")
+    copied = sorted(out.glob("outputs/*/o.json"))
+    assert [json.loads(p.read_text())["job"] for p in copied] == [p.parent.name for p in copied]
+    assert len(copied) == 5
     manifest = (out / "fanout_manifest.json").read_bytes()
     chunks = (out / "chunks.txt").read_text().split()
     assert len(chunks) == 5 and all(Path(p).is_file() for p in chunks)

@@ -178,6 +178,8 @@ PARAMS: Dict[str, Dict[str, Param]] = {
         "threshold": Param("float", default=0.01, above=0, high=1, identity=True),
         "mod": Param("int", default=1000, low=2, identity=True),
         "sessions": Param("str", default="both", choices=("midday", "evening", "both"), identity=True),
+        # sizes the slots only (as Step 3's): not part of the identity; not given: sizing.default_memory_model
+        "memory_model": Param("path"),
         "timeout": TIMEOUT,
         "shard": SHARD,
     },
@@ -317,7 +319,7 @@ def check_inputs(kind: str, params: Dict[str, Any]) -> Dict[str, Any]:
     if kind == "list":
         return {}
     contract, input_error = _workers()
-    if kind == "score" and params.get("memory_model"):
+    if params.get("memory_model"):  # Step 3's and Step 1's
         check_memory_model(params["memory_model"])
     try:
         if kind == "score":

@@ -118,4 +118,6 @@ def batch(
         dispatch_root=dispatch_root(host),
         worker_python=host.worker_bin + "/python",
         lease=host.lease_file,
+        # a preflighted step's verified ramdisk folder: the agent checks it is still there
+        inputs=host.input_dir if host.lease_file else "",
     )

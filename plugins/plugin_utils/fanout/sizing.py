@@ -184,8 +184,11 @@ def plan_preview(
         else:
             unknown.append(h.name)
     eta = round(units / capacity, 1) if capacity and not unknown else None
+    model = params.get("memory_model") or (default_memory_model() if plan.kind == "sieve" else None)
     return {
         "chunk_size": params.get("chunk_size"),
+        # the model file the slots were sized with (each host's own next to it first: slot_reason)
+        "memory_model": model,
         "jobs": len(jobs),
         "units": units,
         "hosts": per_host,
