@@ -223,6 +223,14 @@ CASES = [
         write("model.json", ""),
         playbook="playbooks/step1.yml",
     ),
+    # a misspelt -e name: Ansible ignores it and the run would go on with the default
+    Case("a misspelt -e name", {"treshold": 0.02}, "did you mean threshold", playbook="playbooks/step1.yml"),
+    Case(
+        "ramdisk clear with a misspelt step variable (would clear every step)",
+        {"ramdisk_clear_stp": "step1"},
+        "did you mean ramdisk_clear_step",
+        playbook="playbooks/ramdisk_clear.yml",
+    ),
 ]
 
 

@@ -224,3 +224,28 @@ def test_i37_inventory_all_vars_win_over_the_collection_defaults(make_cluster: A
     assert clear.returncode == 0, clear.stdout[-3000:]
     for host in c.hosts.values():
         assert not (host.shm / "team-root" / "step3").exists()
+
+
+def test_a_limit_without_the_controller_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """`--limit n1` skips every play on localhost (the contract, the fan-out): before, the
+    preflight failed on `object of type 'HostVarsVars' has no attribute 'step3_contract'`.
+    Now one line says how to limit the hosts; with localhost in the limit the step runs."""
+    inventory = tmp_path / "inv.yml"
+    host = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": str(BIN / "python"),
+        "gpu_type": "cpu",
+        "gpu_count": 0,
+        "max_concurrent_jobs": 1,
+        "worker_venv": str(BIN.parent),
+        "prng_home": str(tmp_path / "home"),
+    }
+    inventory.write_text(json.dumps({"all": {"children": {"gpu_nodes": {"hosts": {"n1": host}}}}}))
+    extra = {"step3_run_dir": str(tmp_path / "run")}
+    rc, msg, out = playbook("playbooks/step3.yml", extra, "--limit", "n1", inventory=inventory)
+    assert rc == 2 and msg.startswith("--limit n1 leaves out localhost"), out[-3000:]
+    assert "add it (--limit 'n1,localhost')" in msg and not (tmp_path / "run").exists()
+    rc, msg, out = playbook(
+        "playbooks/step3.yml", extra, "--check", "--limit", "n1,localhost", inventory=inventory
+    )
+    assert rc == 0, out[-3000:]
