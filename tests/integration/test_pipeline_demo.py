@@ -61,6 +61,16 @@ def test_pipeline_demo_ranks_the_planted_seed_first(tmp_path: Path, shm_root: Pa
     again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "Step 1 already finished" in again.stdout and "Step 3 already finished" in again.stdout
+    # a marker that is not JSON is "not finished" (before: a raw from_json error): Step 1 runs,
+    # its journal finds every chunk done, and the marker is written again
+    marker = run_dir / "step1" / "step.done.json"
+    marker.write_text(marker.read_text()[:20])
+    third = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stdout[-4000:]
+    said = " ".join(third.stdout.split())  # the callback wraps long messages
+    assert f"{marker} is not JSON: step1 is not taken as finished" in said
+    assert "Step 1 already finished" not in said and "Step 3 already finished" in said
+    assert json.loads(marker.read_text())["step"] == "step1"
 
 
 def test_pipeline_own_history_offset_skip_check_and_plan_only(tmp_path: Path, shm_root: Path) -> None:
