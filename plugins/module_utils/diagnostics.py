@@ -63,7 +63,7 @@ def shm_findings(shm: Dict[str, Any], warn_pct: float, crit_pct: float) -> List[
                 "shm",
                 "critical",
                 "{} missing: {}".format(shm.get("path"), shm.get("error", "")),
-                "Mount a tmpfs at /dev/shm",
+                "Mount a tmpfs at {} (or set diagnostics_shm_path)".format(shm.get("path")),
             )
         ]
     text = f"{shm['path']} {shm['used_mb']}/{shm['size_mb']} MiB used ({shm['used_percent']:.1f}%)"
@@ -102,15 +102,22 @@ def _gpu_action(problems: List[str]) -> str:
 def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: str | None = None) -> List[Dict[str, str]]:
     out = []
     set_mode = "Set DEFAULT: ansible-playbook playbooks/setup.yml -e gpu_env_set_compute_mode=true"
+    tried = gpu.get("tools_tried") or []
+    # no vendor tool answered: missing GPUs may be a missing or unloaded driver, not hardware
+    no_tool = gpu["tool"] in (None, "sysfs")
+    install = "Install the GPU driver and its tool (nvidia-smi, or ROCm's amd-smi/rocm-smi)"
+    if tried:
+        install = f"Fix {'/'.join(tried)} (error above): load or reinstall the GPU driver"
     if gpu["count"] < expected:
-        out.append(
-            finding(
-                "gpu_count",
-                "critical",
-                f"{gpu['count']} of {expected} expected GPUs found",
-                "Check risers, power and seating of the missing GPUs; reboot",
-            )
-        )
+        text = f"{gpu['count']} of {expected} expected GPUs found"
+        action = "Check risers, power and seating of the missing GPUs; reboot"
+        if no_tool and not tried:
+            text += ": no GPU tool (nvidia-smi, amd-smi, rocm-smi) on this host"
+            action = install
+        elif no_tool:
+            text += f": {'/'.join(tried)} did not answer"
+            action = install
+        out.append(finding("gpu_count", "critical", text, action))
     for g in gpu["gpus"]:
         hard = [p for p in g["problems"] if "compute mode" not in p and "sysfs only" not in p]
         mode = [p for p in g["problems"] if "compute mode" in p]
@@ -123,9 +130,7 @@ def gpu_findings(gpu: Dict[str, Any], expected: int, vendor_hint: str | None = N
         out.append(finding("gpu_tool", "warning", err, "Check the GPU driver / ROCm or CUDA installation"))
     if gpu["tool"] == "sysfs":
         text = f"{gpu['count']} GPUs seen in sysfs only: no vendor tool answered"
-        out.append(
-            finding("gpu_tool", "warning", text, "Install amd-smi/rocm-smi or nvidia-smi to read GPU health")
-        )
+        out.append(finding("gpu_tool", "warning", text, install + " to read GPU health"))
     gfx = gpu.get("gfxoff") or {}
     if (gpu["vendor"] == "amd" or vendor_hint == "rocm") and gfx.get("gfxoff_disabled") is False:
         text = f"GFXOFF enabled (ppfeaturemask {gfx.get('ppfeaturemask')})"
